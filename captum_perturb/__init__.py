@@ -1,0 +1,27 @@
+"""Information-based perturbation attribution (Guan et al., ICML 2019) for Captum.
+
+The supported API is what this module exports.
+"""
+
+from captum_perturb.config import DEFAULT, HIGH_PRECISION, REFERENCE, AdamConfig, FixedPointConfig
+from captum_perturb.layer_perturbation_entropy import LayerPerturbationEntropyAttribution
+from captum_perturb.normalizer import estimate_state_std
+from captum_perturb.perturbation_entropy import PerturbationEntropyAttribution
+from captum_perturb.reference import Interpreter, calculate_regularization
+from captum_perturb.result import PerturbationEntropyResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT",
+    "HIGH_PRECISION",
+    "REFERENCE",
+    "AdamConfig",
+    "FixedPointConfig",
+    "Interpreter",
+    "LayerPerturbationEntropyAttribution",
+    "PerturbationEntropyAttribution",
+    "PerturbationEntropyResult",
+    "calculate_regularization",
+    "estimate_state_std",
+]

@@ -1,0 +1,336 @@
+"""Captum plumbing shared by the input-level and the layer class.
+
+A *site* says where noise goes (the inputs, or a layer's value); everything else —
+targets, side inputs, padding, groups, σ_max, the state explained, model state and hooks —
+is the same for both classes and lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from captum_perturb._compat import (
+    format_additional_forward_args,
+    format_output,
+    select_targets,
+    target_rows,
+)
+from captum_perturb._features import FeatureMask, dense_groups, raw_feature_ids
+from captum_perturb._hooks import capture, run_until_captured
+from captum_perturb._model_state import evaluation_mode, modules_of
+from captum_perturb.config import DEFAULT, EstimatorConfig
+from captum_perturb.functional._groups import flat_index, spread
+from captum_perturb.functional.estimate import StateFn, estimate_sigma
+from captum_perturb.result import PerturbationEntropyResult
+
+#: A state function for the site: (perturbed values, rows, explained-state reader) -> state
+SiteRun = Callable[[tuple[Tensor, ...], Tensor, Callable[[Callable[[], Any]], Tensor]], Tensor]
+
+
+@dataclass
+class Site:
+    """Where the noise goes.
+
+    Attributes:
+        values: the clean values noise is added to, ``(B, ...)`` each.
+        run: ``run(perturbed, rows, state_of)`` evaluates the explained state for copies.
+        is_tuple: whether attributions are returned as a tuple.
+        embedding: a word-embedding matrix whose std sets the default σ_max, if any.
+        modules: modules whose train/eval flags the call guards in addition.
+    """
+
+    values: tuple[Tensor, ...]
+    run: SiteRun
+    is_tuple: bool
+    embedding: Tensor | None = None
+    modules: tuple[nn.Module, ...] = ()
+
+
+def make_generator(
+    seed: int | torch.Generator | None, device: torch.device
+) -> torch.Generator | None:
+    """A generator for all noise of one call; ``None`` uses torch's global RNG."""
+    if seed is None or isinstance(seed, torch.Generator):
+        if isinstance(seed, torch.Generator) and seed.device.type != device.type:
+            raise ValueError(
+                f"the generator is on {seed.device} but the noise is drawn on {device}; "
+                f"pass torch.Generator(device={str(device)!r})"
+            )
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(
+            f"seed must be an int, a torch.Generator or None, got {type(seed).__name__}"
+        )
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def index_args(args: tuple[Any, ...] | None, rows: Tensor) -> tuple[Any, ...]:
+    """Side inputs for a stack of copies: tensors with a batch dimension are indexed by rows."""
+    if args is None:
+        return ()
+    return tuple(a[rows.to(a.device)] if isinstance(a, Tensor) and a.dim() > 0 else a for a in args)
+
+
+def check_batch(inputs: tuple[Any, ...], args: tuple[Any, ...] | None) -> int:
+    """The common batch size of the inputs and the tensor side inputs.
+
+    Raises:
+        ValueError: when they differ.
+    """
+    sizes = [x.shape[0] for x in inputs if isinstance(x, Tensor) and x.dim() > 0]
+    if not sizes:
+        raise ValueError("inputs must hold at least one tensor with a batch dimension (dim 0)")
+    batch = sizes[0]
+    for i, x in enumerate(inputs):
+        if isinstance(x, Tensor) and (x.dim() == 0 or x.shape[0] != batch):
+            raise ValueError(
+                f"inputs[{i}] has shape {tuple(x.shape)} but inputs[0] has batch size {batch}: "
+                "every input needs the same first (batch) dimension"
+            )
+    for i, a in enumerate(args or ()):
+        if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] != batch:
+            raise ValueError(
+                f"additional_forward_args[{i}] has batch size {a.shape[0]} but the inputs have "
+                f"{batch}: side inputs such as attention masks need one row per example "
+                "(fold constants into forward_func instead)"
+            )
+    return batch
+
+
+def padding_keep(
+    values: tuple[Tensor, ...], attention_mask: Tensor | None
+) -> tuple[Tensor | None, ...]:
+    """Per value, a bool mask broadcastable to it: False at padded positions (dim 1)."""
+    if attention_mask is None:
+        return tuple(None for _ in values)
+    keep: list[Tensor | None] = []
+    for v in values:
+        if v.dim() >= 2 and v.shape[:2] == attention_mask.shape:
+            m = attention_mask.to(device=v.device).bool()
+            keep.append(m.reshape(*m.shape, *([1] * (v.dim() - 2))))
+        else:
+            keep.append(None)
+    return tuple(keep)
+
+
+def default_sigma_max(site: Site, keep: tuple[Tensor | None, ...]) -> tuple[Tensor, str]:
+    """10 × the std of the word embeddings when noise goes on an embedding layer (the
+    authors' recommendation), else 10 × the std of each example's perturbed values."""
+    ref = site.values[0]
+    batch = ref.shape[0]
+    if site.embedding is not None:
+        value = 10.0 * site.embedding.detach().float().std()
+        return value.to(ref.dtype).to(ref.device).expand(batch).clone(), "word embeddings"
+    total = torch.zeros(batch, dtype=ref.dtype, device=ref.device)
+    total_sq = torch.zeros_like(total)
+    count = torch.zeros_like(total)
+    for v, k in zip(site.values, keep, strict=True):
+        m = torch.ones_like(v) if k is None else torch.broadcast_to(k, v.shape).to(v.dtype)
+        total += (m * v).reshape(batch, -1).sum(1)
+        total_sq += (m * v.square()).reshape(batch, -1).sum(1)
+        count += m.reshape(batch, -1).sum(1)
+    mean = total / count.clamp_min(1)
+    var = (total_sq / count.clamp_min(1) - mean.square()).clamp_min(0)
+    smax = 10.0 * var.sqrt()
+    if bool((smax <= 0).any()):
+        raise ValueError(
+            "the perturbed values of some example are constant, so the default "
+            "sigma_max = 10 × their std is 0; pass sigma_max explicitly"
+        )
+    return smax, "inputs"
+
+
+def explain(
+    forward_func: Callable[..., Any],
+    site_factory: Callable[[tuple[Any, ...], int, Callable[..., Any]], Site],
+    inputs: Any,
+    target: Any,
+    additional_forward_args: Any,
+    feature_mask: FeatureMask,
+    *,
+    state_layer: nn.Module | None,
+    attention_mask: Tensor | None,
+    rate: float,
+    sigma_max: float | Tensor | None,
+    state_std: Tensor | None,
+    config: EstimatorConfig | None,
+    seed: int | torch.Generator | None,
+    internal_batch_size: int | None,
+    show_progress: bool,
+    desc: str,
+) -> PerturbationEntropyResult:
+    """The shared body of ``explain``/``attribute`` for both classes."""
+    tuple_inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    args = format_additional_forward_args(additional_forward_args)
+    batch = check_batch(tuple_inputs, args)
+    if attention_mask is not None and (
+        attention_mask.dim() != 2 or attention_mask.shape[0] != batch
+    ):
+        raise ValueError(
+            f"attention_mask must be (batch, tokens) = ({batch}, T), "
+            f"got {tuple(attention_mask.shape)}"
+        )
+    if internal_batch_size is not None and internal_batch_size < 1:
+        raise ValueError(
+            f"internal_batch_size must be a positive int or None, got {internal_batch_size}"
+        )
+
+    def call_model(model_inputs: tuple[Any, ...], rows: Tensor) -> Any:
+        return forward_func(*model_inputs, *index_args(args, rows))
+
+    def state_of(run: Callable[[], Any], rows: Tensor) -> Tensor:
+        if state_layer is None:
+            out = run()
+            if not isinstance(out, Tensor):
+                raise TypeError(
+                    f"forward_func returned a {type(out).__name__}; it must return a tensor "
+                    "(e.g. lambda ids, mask: model(ids, attention_mask=mask).logits), or "
+                    "pass the module to explain"
+                )
+        else:
+            sink: list[Tensor] = []
+            with capture(state_layer, sink):
+                run_until_captured(run)
+            if not sink:
+                raise RuntimeError(
+                    f"the explained layer {type(state_layer).__name__} never ran during the "
+                    "forward pass; pass a module of the model that forward_func calls"
+                )
+            out = sink[0]
+        try:
+            return select_targets(out, target_rows(target, rows))
+        except (IndexError, RuntimeError, AssertionError, ValueError) as err:
+            raise ValueError(
+                f"target {target!r} does not select from the explained state of shape "
+                f"{tuple(out.shape)}: {err}. Use None (the whole state), an int or tuple "
+                "index valid for every example, or one per example (list or 1-D tensor)"
+            ) from err
+
+    modules = modules_of(forward_func, extra=() if state_layer is None else (state_layer,))
+    with evaluation_mode(modules), torch.no_grad():
+        site = site_factory(tuple_inputs, batch, call_model)
+    with evaluation_mode([*modules, *site.modules]):
+        return _explain_site(
+            site,
+            state_of,
+            tuple_inputs,
+            batch,
+            feature_mask,
+            attention_mask=attention_mask,
+            rate=rate,
+            sigma_max=sigma_max,
+            state_std=state_std,
+            config=config,
+            seed=seed,
+            internal_batch_size=internal_batch_size,
+            show_progress=show_progress,
+            desc=desc,
+        )
+
+
+def _explain_site(
+    site: Site,
+    state_of: Callable[[Callable[[], Any], Tensor], Tensor],
+    tuple_inputs: tuple[Any, ...],
+    batch: int,
+    feature_mask: FeatureMask,
+    *,
+    attention_mask: Tensor | None,
+    rate: float,
+    sigma_max: float | Tensor | None,
+    state_std: Tensor | None,
+    config: EstimatorConfig | None,
+    seed: int | torch.Generator | None,
+    internal_batch_size: int | None,
+    show_progress: bool,
+    desc: str,
+) -> PerturbationEntropyResult:
+    values = site.values
+    for v in values:
+        if v.dim() >= 2 and v.shape[1] == 0:
+            raise ValueError(
+                f"a perturbed tensor of shape {tuple(v.shape)} has zero length along dim 1 "
+                "(an empty sequence); drop empty examples before explaining"
+            )
+    keep = padding_keep(values, attention_mask)
+    raw = raw_feature_ids(values, feature_mask)
+    groups, table = dense_groups(raw, keep)
+    empty = (table < 0).all(1) if table.numel() else torch.ones(batch, dtype=torch.bool)
+    if bool(empty.any()):
+        bad = empty.nonzero().flatten().tolist()
+        raise ValueError(
+            f"examples {bad} have no element to perturb (all positions padded, or an empty "
+            "sequence); drop them or fix attention_mask"
+        )
+    if sigma_max is None:
+        smax, source = default_sigma_max(site, keep)
+    else:
+        smax, source = (
+            torch.as_tensor(sigma_max, dtype=values[0].dtype, device=values[0].device),
+            "given",
+        )
+    generator = make_generator(seed, values[0].device)
+
+    def state_fn(perturbed: tuple[Tensor, ...], rows: Tensor) -> Tensor:
+        return site.run(perturbed, rows, lambda run: state_of(run, rows))
+
+    def output_mask(state: Tensor) -> Tensor | None:
+        # padded positions of a (B, T, ...) state are not counted in the loss
+        if attention_mask is None or state.dim() < 2 or state.shape[:2] != attention_mask.shape:
+            return None
+        m = attention_mask.to(state.device).bool()
+        return m.reshape(*m.shape, *([1] * (state.dim() - 2)))
+
+    fn: StateFn = state_fn
+    est = estimate_sigma(
+        fn,
+        values,
+        groups,
+        sigma_max=smax,
+        rate=rate,
+        state_std=state_std,
+        output_mask=output_mask,
+        config=DEFAULT if config is None else config,
+        generator=generator,
+        batch_size=internal_batch_size,
+        show_progress=show_progress,
+        progress_desc=desc,
+    )
+    rows = torch.arange(batch, device=values[0].device)
+    log_ratio = est.log_ratio.nan_to_num(0.0)
+    shapes = tuple(v.shape[1:] for v in values)
+    flat = flat_index(groups, table.shape[1])
+    attributions = spread(log_ratio, flat, rows, shapes)
+    nan = torch.full_like(est.sigma, float("nan"))
+    sig = spread(est.sigma.nan_to_num(0.0), flat, rows, shapes)
+    sig = tuple(
+        torch.where(g >= 0, s, nan.new_full((), float("nan")))
+        for s, g in zip(sig, groups, strict=True)
+    )
+    return PerturbationEntropyResult(
+        attributions=format_output(site.is_tuple, attributions),
+        sigma=format_output(site.is_tuple, sig),
+        estimate=est,
+        group_ids=table,
+        sigma_max_source=source,
+        normaliser="mean square fallback" if state_std is None else "state_std",
+    )
+
+
+def embedding_matrix(module: nn.Module) -> Tensor | None:
+    """The word-embedding matrix of an embedding layer (or of an ``nn.Embedding``), if any."""
+    if isinstance(module, nn.Embedding):
+        return module.weight
+    embeddings = [(name, m) for name, m in module.named_modules() if isinstance(m, nn.Embedding)]
+    for name, m in embeddings:
+        if any(key in name.lower() for key in ("word", "wte", "tok")):
+            return m.weight
+    return embeddings[0][1].weight if len(embeddings) == 1 else None
+
+
+__all__ = ["Site", "embedding_matrix", "explain", "index_args"]

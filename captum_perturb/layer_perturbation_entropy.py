@@ -1,0 +1,235 @@
+"""LayerPerturbationEntropyAttribution: the noise goes on a layer's output (or input)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from captum.attr import LayerAttribution, PerturbationAttribution
+from captum.log import log_usage
+from torch import Tensor, nn
+
+from captum_perturb._base import Site, embedding_matrix, explain, index_args
+from captum_perturb._features import FeatureMask
+from captum_perturb._hooks import capture, replace, run_until_captured
+from captum_perturb.config import EstimatorConfig
+from captum_perturb.result import PerturbationEntropyResult
+
+
+class LayerPerturbationEntropyAttribution(LayerAttribution, PerturbationAttribution):
+    r"""Perturbation entropy with the noise on a layer's value, so token ids can be explained.
+
+    The objective and the scores are those of
+    :class:`~captum_perturb.PerturbationEntropyAttribution`; the perturbed :math:`x` is the
+    output of ``layer`` (its first input with ``attribute_to_layer_input=True``; for a
+    Hugging Face block returning a tuple, ``out[0]``). The paper, and the usual Captum
+    choice for BERT-like models, is ``model.bert.embeddings``: word + position + segment
+    embeddings after LayerNorm, the representation of each word entering the encoder.
+
+    Attributions have the layer value's shape. By default (``layer_mask="token"``) a
+    ``(B, T, D)`` value gets one σ per token, shared across its ``D`` dimensions, as in the
+    paper; pass a Captum-style mask (or ``None``: one σ per scalar) for other groupings.
+
+    Args:
+        forward_func: the model or a function of the inputs returning a tensor.
+        layer: the module whose output (or input) gets the noise. If it is, or holds, the
+            word embeddings, the default σ_max is 10 × their std (the authors' advice).
+        device_ids: accepted for Captum's signature; ``DataParallel`` models are not
+            supported (the value must be None).
+
+    Example:
+        >>> import torch
+        >>> from captum_perturb import LayerPerturbationEntropyAttribution
+        >>> emb = torch.nn.Embedding(10, 8)
+        >>> head = torch.nn.Linear(8, 2)
+        >>> model = lambda ids: head(emb(ids).mean(1))
+        >>> lpe = LayerPerturbationEntropyAttribution(model, emb)
+        >>> ids = torch.tensor([[1, 2, 3, 4]])
+        >>> attr = lpe.attribute(ids, target=1, state_std=torch.tensor(1.0))
+        >>> attr.shape  # (batch, tokens, embedding dims), one σ per token
+        torch.Size([1, 4, 8])
+        >>> bool((attr[0, :, 0:1] == attr[0]).all())
+        True
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Any],
+        layer: nn.Module,
+        device_ids: list[int] | None = None,
+    ) -> None:
+        if device_ids is not None:
+            raise NotImplementedError(
+                "device_ids (DataParallel) is not supported; explain the model on one device"
+            )
+        if not isinstance(layer, nn.Module):
+            raise TypeError(f"layer must be a torch.nn.Module, got {type(layer).__name__}")
+        LayerAttribution.__init__(self, forward_func, layer, device_ids)
+        PerturbationAttribution.__init__(self, forward_func)
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        """False: the scores are log noise ratios, not multiplied by the layer's values."""
+        return False
+
+    def has_convergence_delta(self) -> bool:
+        """False: there is no completeness delta (see ``result.converged`` instead)."""
+        return False
+
+    @log_usage(part_of_slo=False)
+    def attribute(
+        self,
+        inputs: Any,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        layer_mask: FeatureMask = "token",
+        *,
+        attribute_to_layer_input: bool = False,
+        state_layer: nn.Module | None = None,
+        attention_mask: Tensor | None = None,
+        rate: float = 0.1,
+        sigma_max: float | Tensor | None = None,
+        state_std: Tensor | None = None,
+        config: EstimatorConfig | None = None,
+        seed: int | torch.Generator | None = 0,
+        internal_batch_size: int | None = None,
+        show_progress: bool = False,
+    ) -> Tensor:
+        r"""Attribute the explained state to the layer's value.
+
+        Args:
+            inputs: the model's inputs (token ids allowed), dim 0 = batch.
+            target: as in Captum (see
+                :meth:`captum_perturb.PerturbationEntropyAttribution.attribute`).
+            additional_forward_args: side inputs passed after ``inputs``.
+            layer_mask: groups of the layer's elements: ``"token"`` (default, one σ per
+                position of a ``(B, T, D)`` value), ``None`` (one per scalar) or integer ids
+                broadcastable to the layer's value.
+            attribute_to_layer_input: perturb the layer's first input instead of its output.
+            state_layer: explain this module's output (after the perturbed layer) instead
+                of the model output.
+            attention_mask: ``(B, T)`` with 0 at padding: padded positions are neither
+                perturbed nor counted in the loss.
+            rate: weight of the entropy term (default 0.1).
+            sigma_max: upper bound of σ; default 10 × the std of the word embeddings when
+                ``layer`` is or holds them, else 10 × the std of each example's layer value.
+            state_std: σ_S of the explained state; ``None`` uses the reference fallback.
+            config: estimator settings (default :data:`~captum_perturb.DEFAULT`).
+            seed: an int, a ``torch.Generator`` or None (global RNG).
+            internal_batch_size: perturbed copies per forward pass; results do not depend on it.
+            show_progress: show a progress bar.
+
+        Returns:
+            Attributions shaped like the layer's value.
+        """
+        result = self.explain(
+            inputs,
+            target,
+            additional_forward_args,
+            layer_mask,
+            attribute_to_layer_input=attribute_to_layer_input,
+            state_layer=state_layer,
+            attention_mask=attention_mask,
+            rate=rate,
+            sigma_max=sigma_max,
+            state_std=state_std,
+            config=config,
+            seed=seed,
+            internal_batch_size=internal_batch_size,
+            show_progress=show_progress,
+        )
+        assert isinstance(result.attributions, Tensor)
+        return result.attributions
+
+    def explain(
+        self,
+        inputs: Any,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        layer_mask: FeatureMask = "token",
+        *,
+        attribute_to_layer_input: bool = False,
+        state_layer: nn.Module | None = None,
+        attention_mask: Tensor | None = None,
+        rate: float = 0.1,
+        sigma_max: float | Tensor | None = None,
+        state_std: Tensor | None = None,
+        config: EstimatorConfig | None = None,
+        seed: int | torch.Generator | None = 0,
+        internal_batch_size: int | None = None,
+        show_progress: bool = False,
+    ) -> PerturbationEntropyResult:
+        """Like :meth:`attribute`, returning σ, entropies and diagnostics too."""
+        layer = self.layer
+        to_input = attribute_to_layer_input
+
+        def site(inp: tuple[Any, ...], batch: int, call_model: Callable[..., Any]) -> Site:
+            rows_all = torch.arange(batch)
+            sink: list[Tensor] = []
+            with capture(layer, sink, layer_input=to_input):
+                run_until_captured(lambda: call_model(inp, rows_all.to(_device(inp))))
+            if not sink:
+                raise RuntimeError(
+                    f"the layer {type(layer).__name__} never ran during the forward pass; "
+                    "pass a module of the model that forward_func calls"
+                )
+            value = sink[0].detach()
+            if not value.is_floating_point():
+                raise TypeError(
+                    f"the {'input' if to_input else 'output'} of {type(layer).__name__} has dtype "
+                    f"{value.dtype}; noise needs a floating-point layer value (e.g. the output "
+                    "of the embedding layer)"
+                )
+            if value.dim() == 0 or value.shape[0] != batch:
+                raise ValueError(
+                    f"the layer's value has shape {tuple(value.shape)}, without the batch of "
+                    f"{batch} as dim 0; choose a layer whose value is batch-first"
+                )
+
+            def run(
+                pert: tuple[Tensor, ...], rows: Tensor, state_of: Callable[..., Tensor]
+            ) -> Tensor:
+                done: list[bool] = []
+                with replace(layer, pert[0], done, layer_input=to_input):
+                    state = state_of(lambda: call_model(index_args(inp, rows), rows))
+                if not done:
+                    raise ValueError(
+                        "the explained state was read before the perturbed layer ran: "
+                        "state_layer must come after the perturbed layer"
+                    )
+                return state
+
+            return Site(
+                values=(value,),
+                run=run,
+                is_tuple=False,
+                embedding=None if to_input else embedding_matrix(layer),
+                modules=(layer,),
+            )
+
+        return explain(
+            self.forward_func,
+            site,
+            inputs,
+            target,
+            additional_forward_args,
+            layer_mask,
+            state_layer=state_layer,
+            attention_mask=attention_mask,
+            rate=rate,
+            sigma_max=sigma_max,
+            state_std=state_std,
+            config=config,
+            seed=seed,
+            internal_batch_size=internal_batch_size,
+            show_progress=show_progress,
+            desc=f"{self.get_name()} attribution",
+        )
+
+
+def _device(inputs: tuple[Any, ...]) -> torch.device:
+    for x in inputs:
+        if isinstance(x, Tensor):
+            return x.device
+    return torch.device("cpu")

@@ -1,0 +1,205 @@
+r"""PerturbationEntropyAttribution: Guan et al. (ICML 2019) as a Captum attribution."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from captum.attr import PerturbationAttribution
+from captum.log import log_usage
+from torch import Tensor, nn
+
+from captum_perturb._base import Site, explain
+from captum_perturb._features import FeatureMask
+from captum_perturb.config import EstimatorConfig
+from captum_perturb.result import PerturbationEntropyResult
+
+
+class PerturbationEntropyAttribution(PerturbationAttribution):
+    r"""How much of each input feature's information a model's state keeps.
+
+    Every group ``g`` of input elements (``feature_mask``) gets isotropic Gaussian noise
+    of its own scale :math:`\sigma_g`; the method learns the largest noise that leaves the
+    explained state :math:`s = \Phi(x)` unchanged, by minimising (Guan et al., ICML 2019,
+    Eq. 7, in the reference code's units)
+
+    .. math::
+
+        L(\sigma) = \mathbb{E}_\varepsilon\,\frac1M\sum_j
+        \frac{(\Phi(x + \sigma\odot\varepsilon)_j - s_j)^2}{\sigma_{S,j}^2}
+        \;-\; \frac{rate}{N}\sum_g m_g \log\frac{\sigma_g}{\sigma_{max}},
+        \qquad 0 < \sigma_g \le \sigma_{max},
+
+    with σ_S the state's spread over a corpus, ``M`` state elements, :math:`m_g`
+    elements in group ``g`` and ``N`` in all. The paper's λ is
+    :math:`rate \cdot M / N` (for ``n`` words of ``K`` dimensions, ``rate·M/(nK)``).
+
+    The attribution of every element of group ``g`` is
+    :math:`\log(\sigma_{max}/\sigma_g) \ge 0`, in nats per dimension: summed over a
+    word's ``K`` dimensions it is :math:`H_{max} - H_g`, the information of the word the
+    state keeps. Higher is more important; 0 means the state ignores the feature. The
+    scores are unsigned (like Saliency) and are not multiplied by the inputs.
+
+    ``target=None`` explains the whole output — a vector or a ``[tokens × dims]`` hidden
+    state — which no other Captum method does; ``layer=module`` explains that module's
+    output instead (for Hugging Face blocks returning tuples, ``out[0]``), stopping the
+    forward pass there. Noise goes on the inputs, which must be floating point (e.g.
+    ``inputs_embeds``); to explain token ids use
+    :class:`~captum_perturb.LayerPerturbationEntropyAttribution`.
+
+    Args:
+        forward_func: the model or any function of the inputs (then of
+            ``additional_forward_args``) returning a tensor whose dim 0 is the batch.
+
+    Example:
+        The state of a linear model keeps most of the feature with the largest weight:
+
+        >>> import torch
+        >>> from captum_perturb import PerturbationEntropyAttribution
+        >>> model = torch.nn.Linear(4, 3, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.copy_(torch.tensor([[4.0, 1, 0, 0]]).expand(3, 4))
+        >>> pe = PerturbationEntropyAttribution(model)
+        >>> attr = pe.attribute(torch.randn(2, 4), sigma_max=10.0, state_std=torch.ones(3))
+        >>> attr.shape
+        torch.Size([2, 4])
+        >>> [int(i) for i in attr[0].argsort(descending=True)[:2]]
+        [0, 1]
+        >>> float(attr[0, 2])  # a feature the state ignores keeps 0 nats
+        0.0
+    """
+
+    def __init__(self, forward_func: Callable[..., Any]) -> None:
+        super().__init__(forward_func)
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        """False: the scores are log noise ratios, not multiplied by the inputs."""
+        return False
+
+    def has_convergence_delta(self) -> bool:
+        """False: there is no completeness delta (see ``result.converged`` instead)."""
+        return False
+
+    @log_usage(part_of_slo=False)
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: Any = None,
+        additional_forward_args: Any = None,
+        feature_mask: FeatureMask = None,
+        *,
+        layer: nn.Module | None = None,
+        attention_mask: Tensor | None = None,
+        rate: float = 0.1,
+        sigma_max: float | Tensor | None = None,
+        state_std: Tensor | None = None,
+        config: EstimatorConfig | None = None,
+        seed: int | torch.Generator | None = 0,
+        internal_batch_size: int | None = None,
+        show_progress: bool = False,
+    ) -> Tensor | tuple[Tensor, ...]:
+        r"""Attribute the explained state to the inputs.
+
+        Args:
+            inputs: ``(B, ...)`` floating-point tensor or tuple of tensors to perturb.
+            target: Captum's target: ``None`` = the whole state; an int / tuple indexes
+                every example's state; a list or 1-D tensor gives one index per example.
+            additional_forward_args: side inputs passed after ``inputs`` (attention masks,
+                token type ids); tensors need the batch as dim 0.
+            feature_mask: integer group ids broadcastable to each input (dim 0 of 1 or
+                ``B``); elements with one id share one σ. ``None``: every scalar is its
+                own group (Captum's default); ``"token"``: one group per position of
+                ``(B, T, D)`` inputs.
+            layer: explain this module's output instead of the model output.
+            attention_mask: ``(B, T)`` 1 for tokens, 0 for padding: padded positions are
+                neither perturbed nor counted in the loss (give the same mask to the
+                model through ``additional_forward_args``).
+            rate: weight of the entropy term (reference code's ``rate``, default 0.1).
+            sigma_max: upper bound of σ (reference code's ``scale``). Default: 10 × the
+                std of each example's (unpadded) inputs.
+            state_std: σ_S of the explained state (:func:`~captum_perturb.estimate_state_std`),
+                broadcastable to one example's state. ``None``: the reference code's
+                fallback, dividing by mean(Φ(x)²), with a warning.
+            config: estimator settings, :data:`~captum_perturb.DEFAULT` when None;
+                :data:`~captum_perturb.REFERENCE` reproduces the authors' algorithm.
+            seed: an int, a ``torch.Generator`` or None (torch's global RNG).
+            internal_batch_size: perturbed copies per forward pass (memory); the results
+                do not depend on it.
+            show_progress: show a progress bar.
+
+        Returns:
+            Attributions shaped and structured like ``inputs``.
+        """
+        return self.explain(
+            inputs,
+            target,
+            additional_forward_args,
+            feature_mask,
+            layer=layer,
+            attention_mask=attention_mask,
+            rate=rate,
+            sigma_max=sigma_max,
+            state_std=state_std,
+            config=config,
+            seed=seed,
+            internal_batch_size=internal_batch_size,
+            show_progress=show_progress,
+        ).attributions
+
+    def explain(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: Any = None,
+        additional_forward_args: Any = None,
+        feature_mask: FeatureMask = None,
+        *,
+        layer: nn.Module | None = None,
+        attention_mask: Tensor | None = None,
+        rate: float = 0.1,
+        sigma_max: float | Tensor | None = None,
+        state_std: Tensor | None = None,
+        config: EstimatorConfig | None = None,
+        seed: int | torch.Generator | None = 0,
+        internal_batch_size: int | None = None,
+        show_progress: bool = False,
+    ) -> PerturbationEntropyResult:
+        """Like :meth:`attribute`, returning σ, entropies and diagnostics too."""
+        is_tuple = isinstance(inputs, tuple)
+        for i, x in enumerate(inputs if isinstance(inputs, tuple) else (inputs,)):
+            if not isinstance(x, Tensor):
+                raise TypeError(f"inputs[{i}] is a {type(x).__name__}, not a tensor")
+            if not x.is_floating_point():
+                raise TypeError(
+                    f"inputs[{i}] has dtype {x.dtype}: noise can only be added to floating-point "
+                    "inputs. To explain token ids, put the noise on the embedding layer: "
+                    "LayerPerturbationEntropyAttribution(forward_func, model.embeddings)"
+                )
+
+        def site(inp: tuple[Any, ...], batch: int, call_model: Callable[..., Any]) -> Site:
+            def run(
+                pert: tuple[Tensor, ...], rows: Tensor, state_of: Callable[..., Tensor]
+            ) -> Tensor:
+                return state_of(lambda: call_model(pert, rows))
+
+            return Site(values=tuple(x.detach() for x in inp), run=run, is_tuple=is_tuple)
+
+        return explain(
+            self.forward_func,
+            site,
+            inputs,
+            target,
+            additional_forward_args,
+            feature_mask,
+            state_layer=layer,
+            attention_mask=attention_mask,
+            rate=rate,
+            sigma_max=sigma_max,
+            state_std=state_std,
+            config=config,
+            seed=seed,
+            internal_batch_size=internal_batch_size,
+            show_progress=show_progress,
+            desc=f"{self.get_name()} attribution",
+        )
