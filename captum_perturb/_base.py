@@ -25,7 +25,7 @@ from captum_perturb._hooks import capture, run_until_captured
 from captum_perturb._model_state import evaluation_mode, modules_of
 from captum_perturb.config import DEFAULT, EstimatorConfig
 from captum_perturb.functional._groups import flat_index, spread
-from captum_perturb.functional.estimate import StateFn, estimate_sigma
+from captum_perturb.functional.estimate import StateFn, check_finite, estimate_sigma
 from captum_perturb.result import PerturbationEntropyResult
 
 #: A state function for the site: (perturbed values, rows, explained-state reader) -> state
@@ -175,6 +175,14 @@ def explain(
             f"attention_mask must be (batch, tokens) = ({batch}, T), "
             f"got {tuple(attention_mask.shape)}"
         )
+    if isinstance(target, (list, Tensor)) and not (
+        isinstance(target, Tensor) and target.numel() == 1
+    ):
+        if len(target) != batch:
+            raise ValueError(
+                f"target has {len(target)} entries for a batch of {batch}: give one target per "
+                "example, or an int / tuple that applies to all"
+            )
     if internal_batch_size is not None and internal_batch_size < 1:
         raise ValueError(
             f"internal_batch_size must be a positive int or None, got {internal_batch_size}"
@@ -252,12 +260,18 @@ def _explain_site(
 ) -> PerturbationEntropyResult:
     values = site.values
     for v in values:
+        check_finite(v, "The inputs (or the perturbed layer's value)")
         if v.dim() >= 2 and v.shape[1] == 0:
             raise ValueError(
                 f"a perturbed tensor of shape {tuple(v.shape)} has zero length along dim 1 "
                 "(an empty sequence); drop empty examples before explaining"
             )
     keep = padding_keep(values, attention_mask)
+    if attention_mask is not None and all(k is None for k in keep):
+        raise ValueError(
+            f"attention_mask must be (batch, tokens) matching dims 0-1 of the perturbed "
+            f"values {[tuple(v.shape) for v in values]}; got {tuple(attention_mask.shape)}"
+        )
     raw = raw_feature_ids(values, feature_mask)
     groups, table = dense_groups(raw, keep)
     empty = (table < 0).all(1) if table.numel() else torch.ones(batch, dtype=torch.bool)

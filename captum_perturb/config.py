@@ -39,7 +39,9 @@ class FixedPointConfig:
             state, at twice the evaluations per draw. On real transformer states the two
             decorrelate and it does not pay (measured on MiniLM). ``"auto"`` (default)
             tries it in the first iteration and keeps it for an example only where, at
-            equal cost, it gives the smaller variance (projection error included);
+            equal cost and with the most draws the run may take, it gives the smaller
+            variance, projection error included (in practice: small states such as a
+            few logits, whose Jacobian norms the projections give exactly);
             ``"never"`` turns it off.
     """
 

@@ -128,7 +128,7 @@ def state_weights(state: Tensor, state_std: Tensor | None, output_mask: Tensor |
             f"explained state's per-example shape {tuple(state.shape[1:])}. Estimate it "
             "for the same state (and target) you explain."
         ) from None
-    if bool(torch.isnan(var).any()) or bool((var <= 0).any()):
+    if bool(torch.isnan(std).any()) or bool((std <= 0).any()) or bool((var <= 0).any()):
         raise ValueError(
             "state_std must be strictly positive (or +inf to leave an element out); it has "
             "zeros or NaN (a constant element of the state?). estimate_state_std marks "
@@ -141,7 +141,7 @@ def state_weights(state: Tensor, state_std: Tensor | None, output_mask: Tensor |
     return mask / (var.unsqueeze(0) * count.reshape(view))
 
 
-def _check_finite(t: Tensor, what: str) -> None:
+def check_finite(t: Tensor, what: str) -> None:
     if not bool(torch.isfinite(t).all()):
         raise ValueError(
             f"{what} contains NaN or Inf. Check the model and its inputs (and the noise "
@@ -192,7 +192,7 @@ class _Problem:
     def residual(self, rows: Tensor, perturbed: tuple[Tensor, ...]) -> Tensor:
         """Per-row weighted squared change of the state, ``(R,)``."""
         out = self.state_fn(perturbed, rows)
-        _check_finite(out, "The model output on perturbed inputs")
+        check_finite(out, "The model output on perturbed inputs")
         diff = out - self.state[rows]
         self.evaluations += len(rows)
         return (self.weight[rows] * diff.square()).reshape(len(rows), -1).sum(1)
@@ -230,7 +230,7 @@ class _Problem:
             leaf = tuple(x[r].detach().requires_grad_(True) for x in self.inputs)
             with torch.enable_grad():
                 out = self.state_fn(leaf, r)
-                _check_finite(out, "The model output")
+                check_finite(out, "The model output")
                 grads = torch.autograd.grad((out * proj[part]).sum(), leaf, allow_unused=True)
             # these copies are unperturbed: they must reproduce the clean state
             if not torch.allclose(out.detach(), self.state[r], rtol=1e-4, atol=1e-5):
@@ -252,17 +252,22 @@ class _Problem:
         var = (acc_sq / n_proj - mean.square()).clamp_min(0) / (n_proj - 1)
         return mean, var
 
-    def first_order(self, a: Tensor) -> Tensor:
-        """log σ solving the local quadratic model ``Σ a_g σ_g²`` exactly, clamped."""
-        return self.solve(a)
+    def solve(self, a: Tensor, examples: Tensor | None = None) -> Tensor:
+        r"""log σ minimising the local quadratic model :math:`\sum_g a_g\sigma_g^2` plus the
+        entropy term, :math:`\sigma_g^2 = c_g / (2 a_g)`, clamped at σ_max.
 
-    def solve(self, a: Tensor) -> Tensor:
-        log_max = self.sigma_max.log()[:, None].expand_as(a)
-        tiny = torch.finfo(a.dtype).tiny
-        u = 0.5 * (
-            torch.log(self.coef.clamp_min(tiny)) - math.log(2.0) - torch.log(a.clamp_min(tiny))
+        Args:
+            a: ``(E, G)`` curvature of each group; ``a_g <= 0`` gives σ_max.
+            examples: which examples the rows of ``a`` are (default: all, in order).
+        """
+        coef, smax = (
+            (self.coef, self.sigma_max)
+            if examples is None
+            else (self.coef[examples], self.sigma_max[examples])
         )
-        return torch.minimum(u, log_max)
+        tiny = torch.finfo(a.dtype).tiny
+        u = 0.5 * (torch.log(coef.clamp_min(tiny)) - math.log(2.0) - torch.log(a.clamp_min(tiny)))
+        return torch.minimum(u, smax.log()[:, None].expand_as(a))
 
     def spread(self, values: Tensor, rows: Tensor) -> tuple[Tensor, ...]:
         return spread(values, self.flat, rows, self.shapes)
@@ -343,7 +348,7 @@ def _fixed_point(
     progress: Callable[[], None],
 ) -> SigmaEstimate:
     a_lin, a_lin_var = prob.jacobian_norms(cfg.n_projections, generator)
-    u = prob.first_order(a_lin)
+    u = prob.solve(a_lin)  # the first-order start
     batch, n_groups = u.shape
     log_max = prob.sigma_max.log()[:, None]
     tiny = torch.finfo(u.dtype).tiny
@@ -401,24 +406,34 @@ def _fixed_point(
         var_q = (s["qq"] / n - mq * mq).clamp_min(0)
         var_l = (s["ll"] / n - ml * ml).clamp_min(0)
         cov = s["ql"] / n - mq * ml
+        v_proj = a_lin_var[active]
         if it == 1 and cfg.control_variate == "auto":
-            # the twin doubles the cost of a draw, and the projections' own error stays:
-            # keep it for an example only if, at equal cost, it estimates a_g better
-            beta1 = cov / var_l.clamp_min(tiny)
-            resid = (var_q - 2 * beta1 * cov + beta1 * beta1 * var_l).clamp_min(0)
-            with_cv = 2 * (resid / n + beta1 * beta1 * a_lin_var[active])
+            # a twin doubles the cost of a draw: keep the twins of an example only if the
+            # control-variate estimate from the most draws the run may pool (n_full)
+            # beats plain Monte Carlo from twice as many; the projections' error does not
+            # shrink with draws, so in practice twins stay where projections are exact
+            n_full = float(cfg.n_samples * max(1, cfg.max_iter - cfg.burn_in))
+            gain = (cov / n_full).square() / (var_l / n_full + v_proj).clamp_min(tiny)
+            with_cv = var_q / n_full - gain
             keep = prob.present[active]
-            ratio = (with_cv / (var_q / n).clamp_min(tiny) * keep).sum(1) / keep.sum(1).clamp_min(1)
-            drop = active[ratio >= 1]
+            ratio = (with_cv / (var_q / (2 * n_full)).clamp_min(tiny) * keep).sum(1)
+            drop = active[ratio / keep.sum(1).clamp_min(1) >= 1]
             use_cv[drop] = False
             for key in ("l", "ll", "ql"):
                 sums[key][drop] = 0.0
-        beta = torch.where(var_l > tiny, cov / var_l.clamp_min(tiny), torch.zeros_like(cov))
+            s = {k: v[active] for k, v in sums.items()}
+            ml = s["l"] / n
+            var_l = (s["ll"] / n - ml * ml).clamp_min(0)
+            cov = s["ql"] / n - mq * ml
+        # ā = mean(q) - β (mean(l) - a_lin) with the variance-optimal β, which accounts
+        # for the projections' own error: β = Cov(q, l) / (Var(l) + n Var(a_lin)). It
+        # tends to 0 (plain Monte Carlo, unbiased) as the draws outnumber the projections.
+        denom = var_l + n * v_proj
+        beta = torch.where(denom > tiny, cov / denom.clamp_min(tiny), torch.zeros_like(cov))
         a_bar = mq - beta * (ml - a_lin[active])
-        var_resid = (var_q - 2 * beta * cov + beta * beta * var_l).clamp_min(0)
-        var_a = var_resid / (n - 1).clamp_min(1) + beta * beta * a_lin_var[active]
+        var_a = (var_q / n - beta * cov / n).clamp_min(0) / (1 - 1 / n.clamp_min(2))
         se = 0.5 * var_a.sqrt() / a_bar.abs().clamp_min(tiny)
-        target = prob.solve(a_bar)
+        target = prob.solve(a_bar, active)
         u_new = u[active] + cfg.damping * (target - u[active])
         step = (u_new - u[active]).abs()
         u[active] = u_new
@@ -446,7 +461,7 @@ def _adam(
     if cfg.init == "random":
         rho0 = _randn((batch, n_groups), prob.state, generator)
     else:
-        u0 = prob.first_order(prob.jacobian_norms(32, generator)[0])
+        u0 = prob.solve(prob.jacobian_norms(32, generator)[0])
         frac = (u0 - log_max).exp().clamp(1e-6, 1 - 1e-6)
         rho0 = torch.log(frac) - torch.log1p(-frac)
     rho = rho0.clone().requires_grad_(True)
@@ -612,14 +627,14 @@ def estimate_sigma(
             f"got {sigma_max!r}. The authors recommend 10 × the std of the word embeddings."
         )
     for x in inputs:
-        _check_finite(x, "The inputs")
+        check_finite(x, "The inputs")
     n_groups = int(max(int(g.max()) for g in groups)) + 1 if groups else 0
     if n_groups <= 0:
         raise ValueError("no element is perturbed: every group id is -1 (all padding?)")
     everyone = torch.arange(batch, device=ref.device)
     with torch.no_grad():
         state = state_fn(tuple(x.detach() for x in inputs), everyone).detach()
-    _check_finite(state, "The model output")
+    check_finite(state, "The model output")
     if callable(output_mask):
         output_mask = output_mask(state)
     weight = state_weights(state, state_std, output_mask)
