@@ -15,7 +15,9 @@ Run ``python -m comparisons.main_job --help`` for the options.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
+import io
 import json
 import sys
 import time
@@ -86,14 +88,14 @@ def explain_layers(
 
 def write_html(result: dict[str, Any], path: Path) -> None:
     """One Captum ``visualize_text`` row per layer, in a self-contained page."""
-    from captum.attr.visualization import VisualizationDataRecord, visualize_text
+    from captum.attr import visualization as viz
 
     records = []
     for k, layer in result["layers"].items():
         nats = torch.tensor(layer["nats_kept"])
         scores = nats / nats.max().clamp_min(1e-12)  # visualize_text clips to [-1, 1]
         records.append(
-            VisualizationDataRecord(
+            viz.VisualizationDataRecord(
                 scores,
                 0.0,
                 f"layer {k}",
@@ -104,7 +106,8 @@ def write_html(result: dict[str, Any], path: Path) -> None:
                 float(layer["converged"]),
             )
         )
-    fragment = visualize_text(records).data
+    with contextlib.redirect_stdout(io.StringIO()):  # it also display()s the page
+        fragment = viz.visualize_text(records).data
     title = html.escape(result["sentence"])
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
