@@ -175,14 +175,15 @@ def explain(
             f"attention_mask must be (batch, tokens) = ({batch}, T), "
             f"got {tuple(attention_mask.shape)}"
         )
-    if isinstance(target, (list, Tensor)) and not (
-        isinstance(target, Tensor) and target.numel() == 1
+    if (
+        isinstance(target, (list, Tensor))
+        and not (isinstance(target, Tensor) and target.numel() == 1)
+        and len(target) != batch
     ):
-        if len(target) != batch:
-            raise ValueError(
-                f"target has {len(target)} entries for a batch of {batch}: give one target per "
-                "example, or an int / tuple that applies to all"
-            )
+        raise ValueError(
+            f"target has {len(target)} entries for a batch of {batch}: give one target per "
+            "example, or an int / tuple that applies to all"
+        )
     if internal_batch_size is not None and internal_batch_size < 1:
         raise ValueError(
             f"internal_batch_size must be a positive int or None, got {internal_batch_size}"

@@ -1,0 +1,84 @@
+"""Adam on ρ with σ = σ_max · sigmoid(ρ): the reference algorithm and its relatives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from captum_perturb.config import AdamConfig
+from captum_perturb.functional._groups import chunks
+from captum_perturb.functional.problem import Problem, SigmaEstimate, randn
+
+
+def adam(
+    prob: Problem, cfg: AdamConfig, generator: torch.Generator | None, progress: Callable[[], None]
+) -> SigmaEstimate:
+    batch, n_groups = prob.batch, prob.n_groups
+    log_max = prob.sigma_max.log()[:, None]
+    if cfg.init == "random":
+        rho0 = randn((batch, n_groups), prob.state, generator)
+    else:
+        u0 = prob.solve(prob.jacobian_norms(32, generator)[0])
+        frac = (u0 - log_max).exp().clamp(1e-6, 1 - 1e-6)
+        rho0 = torch.log(frac) - torch.log1p(-frac)
+    rho = rho0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([rho], lr=cfg.lr)
+    everyone = torch.arange(batch, device=rho.device)
+    best_loss = torch.full((batch,), float("inf"), dtype=rho.dtype, device=rho.device)
+    best_rho = rho0.clone()
+    best_rec = torch.zeros_like(best_loss)
+    tail_start = cfg.steps - max(1, round(cfg.average_fraction * cfg.steps))
+    tail_sum = torch.zeros_like(rho0)
+    tail_n = 0
+    last_rec = torch.zeros_like(best_loss)
+    for step in range(cfg.steps):
+        rows = everyone.repeat(cfg.n_samples)
+        noise = tuple(
+            randn((len(rows), *s), x, generator)
+            for x, s in zip(prob.inputs, prob.shapes, strict=True)
+        )
+        rec = torch.zeros_like(best_loss)
+        grad = torch.zeros_like(rho0)
+        with torch.enable_grad():
+            for part in chunks(len(rows), prob.batch_size):
+                r = rows[part]
+                sigma = (log_max + torch.nn.functional.logsigmoid(rho)).exp()
+                pert = tuple(
+                    x[r] + s * z[part]
+                    for x, s, z in zip(prob.inputs, prob.spread(sigma[r], r), noise, strict=True)
+                )
+                res = prob.residual(r, pert) / cfg.n_samples
+                # autograd.grad, not backward: nothing accumulates in the model's .grad
+                (g,) = torch.autograd.grad(res.sum(), rho)
+                grad += g
+                rec = rec.index_add(0, r, res.detach())
+            log_sig = log_max + torch.nn.functional.logsigmoid(rho)
+            penalty = (prob.coef * (log_sig - log_max)).sum(1)
+            (g,) = torch.autograd.grad(-penalty.sum(), rho)
+            grad += g
+        rho.grad = grad
+        loss = rec - penalty.detach()
+        if cfg.keep == "best_sample":
+            better = loss < best_loss
+            best_loss = torch.where(better, loss, best_loss)
+            best_rec = torch.where(better, rec, best_rec)
+            best_rho[better] = rho.detach()[better]
+        opt.step()
+        last_rec = rec
+        if step >= tail_start:
+            tail_sum += log_max + torch.nn.functional.logsigmoid(rho.detach())
+            tail_n += 1
+        progress()
+    rho_final = rho.detach()
+    if cfg.keep == "best_sample":
+        u = log_max + torch.nn.functional.logsigmoid(best_rho)
+        rec_out = best_rec
+    elif cfg.keep == "average":
+        u = tail_sum / tail_n
+        rec_out = last_rec
+    else:
+        u = log_max + torch.nn.functional.logsigmoid(rho_final)
+        rec_out = last_rec
+    converged = torch.ones(batch, dtype=torch.bool, device=rho.device)
+    return prob.finish(u, torch.full_like(u, float("nan")), rec_out, converged, cfg.steps)
