@@ -25,13 +25,15 @@ def fixed_point(
     u = prob.solve(a_lin)  # the first-order start
     batch, n_groups = u.shape
     log_max = prob.sigma_max.log()[:, None]
-    tiny = torch.finfo(u.dtype).tiny
     # Pooled sums over draws of q = (dR/dlog σ_g) / (2σ_g²), whose mean is a_g(σ), and of
     # its linearised twin l (the same draw at scale h -> 0, mean a_lin, known from the
     # projections): ā = mean(q) - β (mean(l) - a_lin) with the variance-optimal β per
     # group. Exact for a linear state (q = l), plain Monte Carlo when they decorrelate.
+    # The moments are kept in float64: where q ≈ l their float32 differences cancel.
     names = ("n", "q", "l", "qq", "ll", "ql")
-    sums = {k: u.new_zeros(batch, 1 if k == "n" else n_groups) for k in names}
+    f64 = torch.float64
+    sums = {k: u.new_zeros(batch, 1 if k == "n" else n_groups, dtype=f64) for k in names}
+    tiny64 = torch.finfo(f64).tiny
     std_error = torch.full_like(u, float("nan"))
     reconstruction = u.new_zeros(batch)
     converged = torch.zeros(batch, dtype=torch.bool, device=u.device)
@@ -57,11 +59,11 @@ def fixed_point(
         grads, res = prob.sample_gradients(
             u_both, both, tuple(torch.cat([z, z[twin]]) for z in noise)
         )
-        q = grads[: len(rows)] / scale
+        q = grads[: len(rows)].to(f64) / scale.to(f64)
         lin = torch.zeros_like(q)
-        lin[twin] = grads[len(rows) :] / (scale[twin] * _LINEAR_SCALE**2)
+        lin[twin] = grads[len(rows) :].to(f64) / (scale[twin].to(f64) * _LINEAR_SCALE**2)
         res = res[: len(rows)]
-        ones = torch.ones(len(rows), 1, dtype=u.dtype, device=u.device)
+        ones = torch.ones(len(rows), 1, dtype=f64, device=u.device)
         for key, val in (
             ("n", ones),
             ("q", q),
@@ -80,17 +82,17 @@ def fixed_point(
         var_q = (s["qq"] / n - mq * mq).clamp_min(0)
         var_l = (s["ll"] / n - ml * ml).clamp_min(0)
         cov = s["ql"] / n - mq * ml
-        v_proj = a_lin_var[active]
+        v_proj = a_lin_var[active].to(f64)
         if it == 1 and cfg.control_variate == "auto":
             # a twin doubles the cost of a draw: keep the twins of an example only if the
             # control-variate estimate from the most draws the run may pool (n_full)
             # beats plain Monte Carlo from twice as many; the projections' error does not
             # shrink with draws, so in practice twins stay where projections are exact
             n_full = float(cfg.n_samples * max(1, cfg.max_iter - cfg.burn_in))
-            gain = (cov / n_full).square() / (var_l / n_full + v_proj).clamp_min(tiny)
+            gain = (cov / n_full).square() / (var_l / n_full + v_proj).clamp_min(tiny64)
             with_cv = var_q / n_full - gain
             keep = prob.present[active]
-            ratio = (with_cv / (var_q / (2 * n_full)).clamp_min(tiny) * keep).sum(1)
+            ratio = (with_cv / (var_q / (2 * n_full)).clamp_min(tiny64) * keep).sum(1)
             drop = active[ratio / keep.sum(1).clamp_min(1) >= 1]
             use_cv[drop] = False
             for key in ("l", "ll", "ql"):
@@ -103,10 +105,11 @@ def fixed_point(
         # for the projections' own error: β = Cov(q, l) / (Var(l) + n Var(a_lin)). It
         # tends to 0 (plain Monte Carlo, unbiased) as the draws outnumber the projections.
         denom = var_l + n * v_proj
-        beta = torch.where(denom > tiny, cov / denom.clamp_min(tiny), torch.zeros_like(cov))
-        a_bar = mq - beta * (ml - a_lin[active])
+        beta = torch.where(denom > tiny64, cov / denom.clamp_min(tiny64), torch.zeros_like(cov))
+        a_bar64 = mq - beta * (ml - a_lin[active].to(f64))
         var_a = (var_q / n - beta * cov / n).clamp_min(0) / (1 - 1 / n.clamp_min(2))
-        se = 0.5 * var_a.sqrt() / a_bar.abs().clamp_min(tiny)
+        se = (0.5 * var_a.sqrt() / a_bar64.abs().clamp_min(tiny64)).to(u.dtype)
+        a_bar = a_bar64.to(u.dtype)
         target = prob.solve(a_bar, active)
         u_new = u[active] + cfg.damping * (target - u[active])
         step = (u_new - u[active]).abs()

@@ -1,0 +1,404 @@
+"""One contract tester that every attribution class goes through (torchmetrics'
+``MetricTester``): a factory builds a fresh :class:`Setup` (attribution object, inputs,
+call kwargs, model) and :class:`ContractTester` checks Captum's contract on it
+(``captum-contract.md``).
+
+Tolerance of Monte-Carlo comparisons (:func:`assert_log_sigma_close`): the estimator
+reports ``res.estimate.std_error``, the standard error of each group's log σ from its
+own pooled samples. Two runs with different noise (another seed, another batch
+composition) estimate the same log σ with independent errors, so their difference has
+standard deviation ``sqrt(se_a² + se_b²)``, and 4 of those bound a Gaussian deviation
+with probability 1 - 6e-5 per group: ``|Δ log σ| <= 4 sqrt(se_a² + se_b²) + 1e-4``.
+``1e-4`` absorbs float32 round-off for groups whose standard error is ~0 (a linear state,
+where the default estimator is near-exact, so the bound is tight there). Groups clamped
+at σ_max are equal in both runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+from captum.attr import LayerAttribution, NoiseTunnel
+from captum.metrics import infidelity, sensitivity_max
+from torch import Tensor, nn
+
+from captum_perturb import AdamConfig, FixedPointConfig
+
+SE_FACTOR = 4.0
+ROUND_OFF = 1e-4
+HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
+
+
+class LayerBoomError(RuntimeError):
+    """Raised by a module made to fail inside its forward pass."""
+
+
+@dataclass
+class Setup:
+    """A ready-to-call attribution problem.
+
+    ``kwargs`` holds every call kwarg but ``target``; ``model`` is the root module behind
+    ``attr.forward_func`` (holding a Dropout); ``targets`` maps target-form names to
+    targets valid for this batch; ``bad_target`` selects nothing; ``shapes`` are the
+    expected attribution shapes (the layer value's for the layer class);
+    ``raising_module`` is made to raise in the hook check; ``float_inputs`` says whether
+    Captum's wrappers can perturb the inputs; ``metric_target`` selects one scalar per
+    example (for ``infidelity``).
+    """
+
+    attr: Any
+    inputs: Tensor | tuple[Tensor, ...]
+    kwargs: dict[str, Any]
+    model: nn.Module
+    target: Any
+    targets: dict[str, Any]
+    bad_target: Any
+    feature_mask: Any
+    shapes: tuple[torch.Size, ...]
+    raising_module: nn.Module
+    float_inputs: bool = True
+    metric_target: Any = None
+
+    @property
+    def tuple_inputs(self) -> tuple[Tensor, ...]:
+        return _as_tuple(self.inputs)
+
+    @property
+    def batch(self) -> int:
+        return self.tuple_inputs[0].shape[0]
+
+    @property
+    def mask_kw(self) -> str:
+        return "layer_mask" if isinstance(self.attr, LayerAttribution) else "feature_mask"
+
+    def call_kwargs(self, **override: Any) -> dict[str, Any]:
+        return {**self.kwargs, "target": self.target, **override}
+
+    def explain(self, **override: Any) -> Any:
+        return self.attr.explain(self.inputs, **self.call_kwargs(**override))
+
+    def attribute(self, **override: Any) -> Any:
+        return self.attr.attribute(self.inputs, **self.call_kwargs(**override))
+
+    def explain_alone(self, i: int, target: Any) -> Any:
+        """Explain example ``i`` alone (tensors with the batch as dim 0 are sliced)."""
+
+        def cut(v: Any) -> Any:
+            if isinstance(v, tuple):
+                return tuple(cut(a) for a in v)
+            if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == self.batch:
+                return v[i : i + 1]
+            return v
+
+        kwargs = {k: v if k == "state_std" else cut(v) for k, v in self.kwargs.items()}
+        return self.attr.explain(cut(self.inputs), **kwargs, target=target)
+
+
+Factory = Callable[[torch.device], Setup]
+
+
+def assert_log_sigma_close(res_a: Any, row_a: int, res_b: Any, row_b: int) -> None:
+    """log σ of example ``row_a`` of ``res_a`` and of ``row_b`` of ``res_b`` agree."""
+    ids_a, ids_b = res_a.group_ids[row_a], res_b.group_ids[row_b]
+    n = int((ids_a >= 0).sum())
+    assert n > 0
+    torch.testing.assert_close(ids_a[:n], ids_b[:n])
+    assert bool((ids_b[n:] < 0).all()), "the two runs see different groups"
+    ls_a, ls_b = res_a.estimate.log_sigma[row_a, :n], res_b.estimate.log_sigma[row_b, :n]
+    se_a, se_b = res_a.estimate.std_error[row_a, :n], res_b.estimate.std_error[row_b, :n]
+    assert bool(torch.isfinite(se_a).all() and torch.isfinite(se_b).all()), "no standard error"
+    # the tolerance derived in the module docstring
+    tol = SE_FACTOR * (se_a.square() + se_b.square()).sqrt() + ROUND_OFF
+    diff = (ls_a - ls_b).abs()
+    w = int((diff - tol).argmax())
+    assert bool((diff <= tol).all()), (
+        f"log σ of group {w} differ by {diff[w].item():.3g} > {tol[w].item():.3g} "
+        f"(standard errors {se_a[w].item():.3g}, {se_b[w].item():.3g})\n{ls_a}\n{ls_b}"
+    )
+
+
+def hook_snapshot(model: nn.Module) -> list[tuple[str, str, tuple[int, ...]]]:
+    """Every hook on any submodule, and torch's global module hooks."""
+    snap = [(n, k, tuple(getattr(m, k))) for n, m in model.named_modules() for k in HOOK_DICTS]
+    glob = nn.modules.module
+    return snap + [("<global>", k, tuple(getattr(glob, k))) for k in GLOBAL_HOOKS]
+
+
+def assert_no_hooks(model: nn.Module) -> None:
+    left = [(n, k, h) for n, k, h in hook_snapshot(model) if h]
+    assert not left, f"hooks left behind: {left}"
+
+
+@contextmanager
+def failing_forward(module: nn.Module, fail_at: int) -> Iterator[None]:
+    """Make ``module.forward`` raise :class:`LayerBoomError` from its ``fail_at``-th call."""
+    original, count = module.forward, [0]
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        count[0] += 1
+        if count[0] >= fail_at:
+            raise LayerBoomError(f"forward call {count[0]}")
+        return original(*args, **kwargs)
+
+    module.forward = boom  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del module.forward
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch single-threaded: for these tiny models intra-op threads cost more than
+    they save on a loaded 2-core machine (a (2800, 32) @ (32, 64) matmul: 0.25 ms on one
+    thread, 1 ms on two)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _as_tuple(x: Any) -> tuple[Any, ...]:
+    return x if isinstance(x, tuple) else (x,)
+
+
+def _target_of(target: Any, i: int) -> Any:
+    """Example ``i``'s target when ``target`` has one per example, else ``target`` itself."""
+    if isinstance(target, list):
+        return [target[i]]
+    return target[i : i + 1] if isinstance(target, Tensor) and target.numel() > 1 else target
+
+
+class ContractTester:
+    """Runs the contract checks on setups built by ``factory`` (fresh for every check)."""
+
+    #: the ``check_*`` methods, in the contract's order
+    CHECKS = (
+        *("structure", "target_forms", "feature_mask_groups", "batch_invariance", "seeding"),
+        *("hooks_after_success", "hooks_after_invalid_target", "hooks_after_layer_raises"),
+        *("model_state", "train_mode", "internal_batch_size", "noise_tunnel", "captum_metrics"),
+    )
+
+    def __init__(self, factory: Factory, device: torch.device | str = "cpu") -> None:
+        self.factory = factory
+        self.device = torch.device(device)
+
+    def run(self, check: str) -> None:
+        """Run one of :attr:`CHECKS`."""
+        getattr(self, f"check_{check}")()
+
+    def setup(self) -> Setup:
+        s = self.factory(self.device)
+        s.model.eval()
+        assert any(isinstance(m, nn.Dropout) for m in s.model.modules()), "needs a Dropout"
+        assert_no_hooks(s.model)
+        return s
+
+    def check_structure(self) -> None:
+        s = self.setup()
+        attrs = s.attribute()
+        assert isinstance(attrs, tuple) == isinstance(s.inputs, tuple)
+        # dtype of the perturbed values: the inputs', or the model's for token ids
+        ref = s.tuple_inputs[0] if s.float_inputs else next(s.model.parameters())
+        assert len(_as_tuple(attrs)) == len(s.shapes)
+        for a, shape in zip(_as_tuple(attrs), s.shapes, strict=True):
+            assert isinstance(a, Tensor) and a.shape == shape and a.dtype == ref.dtype
+            assert a.device.type == self.device.type
+            assert bool(torch.isfinite(a).all())
+            assert bool((a >= 0).all()), "log(σ_max/σ) is non-negative"
+        res = s.explain()
+        assert isinstance(res.sigma, tuple) == isinstance(s.inputs, tuple)
+        for a, r, sig in zip(*map(_as_tuple, (attrs, res.attributions, res.sigma)), strict=True):
+            assert sig.shape == a.shape and sig.dtype == a.dtype
+            assert torch.equal(a, r), "attribute() and explain().attributions differ"
+
+    def check_target_forms(self) -> None:
+        s = self.setup()
+        for name, target in s.targets.items():
+            res = s.explain(target=target)
+            for a, shape in zip(_as_tuple(res.attributions), s.shapes, strict=True):
+                assert a.shape == shape, name
+            if _target_of(target, 0) is not target:  # one target per example
+                for i in range(s.batch):
+                    assert_log_sigma_close(res, i, s.explain_alone(i, _target_of(target, i)), 0)
+
+    def check_feature_mask_groups(self) -> None:
+        s = self.setup()
+        res = s.explain(**{s.mask_kw: s.feature_mask})
+        masks, attrs = _as_tuple(s.feature_mask), _as_tuple(res.attributions)
+        for b in range(s.batch):
+            full = [torch.broadcast_to(m, a.shape) for m, a in zip(masks, attrs, strict=True)]
+            ids = torch.cat([m[b if m.shape[0] > 1 else 0].reshape(-1) for m in full])
+            scores = torch.cat([a[b].reshape(-1) for a in attrs])
+            sig = torch.cat([g[b].reshape(-1) for g in _as_tuple(res.sigma)])
+            padded = sig.isnan()  # attention_mask 0: not perturbed, score 0
+            assert bool((scores[padded] == 0).all())
+            uniq = ids[~padded].unique()
+            assert int((res.group_ids[b] >= 0).sum()) == len(uniq)
+            for g in uniq:
+                sel = (ids == g) & ~padded
+                assert bool((scores[sel] == scores[sel][0]).all()), f"group {int(g)} split"
+                assert bool((sig[sel] == sig[sel][0]).all())
+                col = int((res.group_ids[b] == g).nonzero())
+                torch.testing.assert_close(sig[sel][0], res.estimate.sigma[b, col])
+
+    def check_batch_invariance(self) -> None:
+        s = self.setup()
+        res = s.explain()
+        for i in range(s.batch):
+            assert_log_sigma_close(res, i, s.explain_alone(i, _target_of(s.target, i)), 0)
+
+    def check_seeding(self) -> None:
+        s = self.setup()
+        a, b = s.explain(seed=7), s.explain(seed=7)
+        g = s.explain(seed=torch.Generator(device=self.device).manual_seed(7))
+        for x, y, z in zip(*(_as_tuple(r.attributions) for r in (a, b, g)), strict=True):
+            assert torch.equal(x, y) and torch.equal(x, z)
+        other = s.explain(seed=123)
+        for i in range(s.batch):
+            assert_log_sigma_close(a, i, other, i)
+
+    def check_hooks_after_success(self) -> None:
+        s = self.setup()
+        calls: list[int] = []
+        handle = s.raising_module.register_forward_hook(lambda m, i, o: calls.append(1))
+        before = hook_snapshot(s.model)
+        s.attribute()
+        assert calls, "the user's own hook must keep working"
+        assert hook_snapshot(s.model) == before
+        handle.remove()
+        assert_no_hooks(s.model)
+
+    def check_hooks_after_invalid_target(self) -> None:
+        s = self.setup()
+        with pytest.raises(ValueError, match="target"):
+            s.attribute(target=s.bad_target)
+        assert_no_hooks(s.model)
+
+    def check_hooks_after_layer_raises(self) -> None:
+        # count the module's calls in a clean run, then fail at the first, second, middle
+        # and last of them (clean passes, Jacobian pass, perturbed passes)
+        s, seen = self.setup(), []
+        handle = s.raising_module.register_forward_pre_hook(lambda m, a: seen.append(1))
+        s.attribute()
+        handle.remove()
+        calls = len(seen)
+        assert calls >= 1, "the raising module never ran"
+        for fail_at in sorted({1, min(2, calls), (calls + 1) // 2, calls}):
+            s = self.setup()
+            with failing_forward(s.raising_module, fail_at), pytest.raises(LayerBoomError):
+                s.attribute()
+            assert_no_hooks(s.model)
+            assert not any(m.training for m in s.model.modules())
+
+    def check_model_state(self, **override: Any) -> None:
+        s = self.setup()
+        params = dict(s.model.named_parameters())
+        first, *_, last = params.values()
+        first.requires_grad_(False)
+        last.grad = torch.full_like(last, 0.25)
+        modules = list(s.model.modules())
+        for k, m in enumerate(modules):
+            m.training = k % 2 == 0  # a mix of flags, to be restored exactly
+        flags = [m.training for m in modules]
+        before = {
+            n: (p.detach().clone(), p.requires_grad, None if p.grad is None else p.grad.clone())
+            for n, p in params.items()
+        }
+        for x in s.tuple_inputs:
+            if x.is_floating_point():
+                x.requires_grad_(True)
+        inputs = [(x.detach().clone(), x.requires_grad) for x in s.tuple_inputs]
+        s.attribute(**override)
+        assert [m.training for m in modules] == flags
+        for n, p in s.model.named_parameters():
+            value, requires_grad, grad = before[n]
+            assert torch.equal(p.detach(), value) and p.requires_grad == requires_grad, n
+            # a None .grad stays None, a set one is untouched
+            assert p.grad is None if grad is None else torch.equal(p.grad, grad), f"{n}.grad"
+        for x, (value, requires_grad) in zip(s.tuple_inputs, inputs, strict=True):
+            assert torch.equal(x.detach(), value) and x.requires_grad == requires_grad
+            assert x.grad is None
+
+    def check_train_mode(self) -> None:
+        s = self.setup()
+        expected = s.attribute()
+        s.model.train()
+        got = s.attribute()
+        for e, g in zip(_as_tuple(expected), _as_tuple(got), strict=True):
+            assert torch.equal(e, g), "train mode (dropout) changed the result"
+        assert all(m.training for m in s.model.modules()), "train mode must be restored"
+
+    def check_internal_batch_size(self) -> None:
+        # The noise is drawn before chunking, so only the float summation order of the
+        # batched forward passes may differ: the default estimator, a short
+        # fixed-iteration one, and Adam. In float32 the control variate's linearised twin
+        # (the state's change at 1 % of σ) amplifies that round-off by |s| / (h |Δs|),
+        # up to ~1e-4 in log σ here; 1e-3 is still 20× below the default tolerance of
+        # the estimator (0.02), so a chunking bug (misaligned noise or rows, which moves
+        # σ by the Monte-Carlo error) cannot hide in it. float64 must agree to 1e-9.
+        s = self.setup()
+        for config in (
+            None,
+            FixedPointConfig(n_projections=4, n_samples=2, min_iter=2, max_iter=2),
+            AdamConfig(steps=3, n_samples=2),
+        ):
+            ref = _as_tuple(s.attribute(internal_batch_size=None, config=config))
+            for size in (1, 3):
+                got = _as_tuple(s.attribute(internal_batch_size=size, config=config))
+                for r, g in zip(ref, got, strict=True):
+                    tol = 1e-9 if r.dtype == torch.float64 else 1e-3
+                    torch.testing.assert_close(g, r, rtol=0.0, atol=tol)
+
+    def check_noise_tunnel(self) -> None:
+        s = self.setup()
+        if not s.float_inputs:
+            pytest.skip("NoiseTunnel adds noise to the inputs, which are token ids here")
+        torch.manual_seed(0)  # NoiseTunnel draws from the global RNG
+        out = NoiseTunnel(s.attr).attribute(s.inputs, nt_samples=3, stdevs=0.01, **s.call_kwargs())
+        assert isinstance(out, tuple) == isinstance(s.inputs, tuple)
+        for a, shape in zip(_as_tuple(out), s.shapes, strict=True):
+            assert a.shape == shape and bool(torch.isfinite(a).all())
+
+    def check_captum_metrics(self) -> None:
+        s = self.setup()
+        if not s.float_inputs:
+            pytest.skip("captum.metrics perturb the inputs, which are token ids here")
+        torch.manual_seed(0)  # sensitivity_max's default perturbations use the global RNG
+        kwargs = s.call_kwargs(target=s.metric_target)
+        gen = torch.Generator().manual_seed(0)
+
+        def perturb_fn(inputs: Any) -> Any:
+            xs = _as_tuple(inputs)
+            noise = [0.01 * torch.randn(x.shape, generator=gen).to(x) for x in xs]
+            pert = [x - n for x, n in zip(xs, noise, strict=True)]
+            return (tuple(noise), tuple(pert)) if isinstance(inputs, tuple) else (noise[0], pert[0])
+
+        infid = infidelity(
+            s.attr.forward_func,
+            perturb_fn,
+            s.inputs,
+            s.attr.attribute(s.inputs, **kwargs),
+            additional_forward_args=kwargs.get("additional_forward_args"),
+            target=s.metric_target,
+            n_perturb_samples=4,
+            normalize=True,
+        )
+        assert infid.shape == (s.batch,) and bool(torch.isfinite(infid).all())
+
+        def explain_func(inp: Any, **kw: Any) -> Any:
+            # sensitivity_max passes a tuple and iterates over the result as a tuple; a
+            # layer attribution (like Captum's own layer methods) is a single tensor
+            out = s.attr.attribute(inp, **kw)
+            return _as_tuple(out) if isinstance(s.attr, LayerAttribution) else out
+
+        sens = sensitivity_max(explain_func, s.inputs, n_perturb_samples=3, **kwargs)
+        assert sens.shape == (s.batch,) and bool(torch.isfinite(sens).all())

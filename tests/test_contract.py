@@ -1,0 +1,375 @@
+"""Captum's contract, checked on both classes through the shared tester (``contract.py``).
+
+Input-level cases use Captum's own toy models (``captum.testing.helpers.basic_models``),
+single and tuple inputs, explaining the output or a hidden layer (``layer=``). Layer
+cases: Captum's ``BasicModel_MultiLayer`` perturbed at its identity layer ``linear0`` (so
+Captum's wrappers can perturb float inputs), an embedding + linear toy, and a tiny random
+BERT classifier with a padded batch, explaining its logits or an encoder layer's output.
+Every model holds a Dropout, so that the train-mode check can fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from captum.testing.helpers.basic_models import (
+    BasicLinearModel,
+    BasicLinearModel_Multilayer,
+    BasicModel_MultiLayer,
+    BasicModel_MultiLayer_MultiInput,
+)
+from contract import ContractTester, Setup, assert_log_sigma_close, one_thread
+from torch import Tensor, nn
+
+from captum_perturb import (
+    LayerPerturbationEntropyAttribution,
+    PerturbationEntropyAttribution,
+    estimate_state_std,
+)
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+ONE = torch.tensor(1.0)
+
+
+class WithDropout(nn.Module):
+    """``inner`` behind a Dropout on its floating-point positional inputs."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(0.5)
+        self.inner = inner
+
+    def forward(self, *args: Any) -> Tensor:
+        args = tuple(
+            self.drop(a) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args
+        )
+        return self.inner(*args)
+
+
+class EmbeddingLinear(nn.Module):
+    """ids (B, T) -> embedding (B, T, 8) -> dropout -> tanh -> linear (B, T, 3) -> mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.drop = nn.Dropout(0.3)
+        self.linear = nn.Linear(8, 3)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.linear(torch.tanh(self.drop(self.emb(ids)))).mean(1)
+
+
+X3 = [[1.0, 2.0, 3.0], [0.5, 1.5, 2.0], [3.0, 1.0, 2.0], [2.0, 0.5, 1.0]]
+
+
+def per_example_targets(two_d: list[int]) -> dict[str, Any]:
+    return {
+        "none": None,
+        "int": two_d[0],
+        "tuple": (two_d[1],),
+        "list_int": list(two_d),
+        "tensor": torch.tensor(two_d),
+        "list_tuple": [(t,) for t in two_d],
+    }
+
+
+def multilayer(device: torch.device) -> Setup:
+    """BasicModel_MultiLayer, output (B, 2, 2, 2): tuple targets pick differently scaled
+    copies of the two logits."""
+    model = WithDropout(BasicModel_MultiLayer()).to(device)
+    x = torch.tensor(X3, device=device)
+    return Setup(
+        attr=PerturbationEntropyAttribution(model),
+        inputs=x,
+        kwargs={"additional_forward_args": (None, True), "state_std": ONE.to(device)},
+        model=model,
+        target=[(0, 0, 0), (1, 1, 0), (0, 1, 1), (1, 0, 1)],
+        targets={
+            "none": None,
+            "int": 1,
+            "tuple": (1, 0, 1),
+            "list_tuple": [(0, 0, 0), (1, 1, 0), (0, 1, 1), (1, 0, 1)],
+        },
+        bad_target=(2, 0, 0),
+        feature_mask=torch.tensor([[0, 0, 1]], device=device),
+        shapes=(x.shape,),
+        raising_module=model.inner.linear1,
+        metric_target=(1, 1, 1),
+    )
+
+
+def linear_multilayer(device: torch.device, dtype: torch.dtype = torch.float32) -> Setup:
+    """BasicLinearModel_Multilayer with seeded weights: every feature and target differs."""
+    torch.manual_seed(0)
+    model = WithDropout(BasicLinearModel_Multilayer(3, 5, 2)).to(device, dtype)
+    x = torch.tensor(X3, device=device, dtype=dtype)
+    return Setup(
+        attr=PerturbationEntropyAttribution(model),
+        inputs=x,
+        kwargs={"state_std": ONE.to(device, dtype), "sigma_max": 10.0},
+        model=model,
+        target=torch.tensor([0, 1, 1, 0], device=device),
+        targets=per_example_targets([0, 1, 1, 0]),
+        bad_target=5,
+        feature_mask=torch.tensor([[0, 1, 1], [2, 2, 0], [0, 0, 0], [1, 2, 3]], device=device),
+        shapes=(x.shape,),
+        raising_module=model.inner.linear2,
+        metric_target=1,
+    )
+
+
+def hidden_state(device: torch.device) -> Setup:
+    """Explain the hidden layer ``linear1`` (B, 5) of BasicLinearModel_Multilayer with
+    ``layer=``: a capture hook is active and every target picks a different unit."""
+    torch.manual_seed(5)
+    model = WithDropout(BasicLinearModel_Multilayer(3, 5, 2)).to(device)
+    x = torch.tensor(X3, device=device)
+    return Setup(
+        attr=PerturbationEntropyAttribution(model),
+        inputs=x,
+        kwargs={"layer": model.inner.linear1, "state_std": ONE.to(device), "sigma_max": 10.0},
+        model=model,
+        target=None,
+        targets=per_example_targets([0, 3, 1, 4]),
+        bad_target=5,
+        feature_mask=torch.tensor([[1, 0, 1]], device=device),
+        shapes=(x.shape,),
+        raising_module=model.inner.linear1,
+        float_inputs=False,  # the metrics would read the model output, not the layer
+    )
+
+
+def tuple_multi_input(device: torch.device) -> Setup:
+    """BasicModel_MultiLayer_MultiInput: three inputs and an int side input (scale)."""
+    model = WithDropout(BasicModel_MultiLayer_MultiInput()).to(device)
+    x = torch.tensor(X3, device=device)
+    inputs = (x, 0.5 * x.flip(1), 0.1 * x + 0.2)
+    mask = tuple(torch.tensor(m, device=device) for m in ([[0, 1, 2]], [[0, 0, 1]], [[3, 3, 3]]))
+    return Setup(
+        attr=PerturbationEntropyAttribution(model),
+        inputs=inputs,
+        kwargs={"additional_forward_args": (2,), "state_std": ONE.to(device), "sigma_max": 5.0},
+        model=model,
+        target=1,
+        targets=per_example_targets([1, 0, 0, 1]),
+        bad_target=[0, 1, 2, 0],
+        feature_mask=mask,
+        shapes=tuple(t.shape for t in inputs),
+        raising_module=model.inner.model.linear2,
+        metric_target=0,
+    )
+
+
+def tuple_linear(device: torch.device) -> Setup:
+    """BasicLinearModel: inputs (B, 3) and (B, 4) concatenated into Linear(7, 1)."""
+    torch.manual_seed(1)
+    model = WithDropout(BasicLinearModel()).to(device)
+    gen = torch.Generator().manual_seed(2)
+    inputs = (
+        torch.randn(3, 3, generator=gen).to(device),
+        torch.randn(3, 4, generator=gen).to(device),
+    )
+    return Setup(
+        attr=PerturbationEntropyAttribution(model),
+        inputs=inputs,
+        kwargs={"state_std": ONE.to(device)},
+        model=model,
+        target=0,
+        targets=per_example_targets([0, 0, 0]),
+        bad_target=1,
+        feature_mask=(
+            torch.tensor([[0, 1, 0]], device=device),
+            torch.tensor([[1, 2, 2, 3]], device=device),
+        ),
+        shapes=tuple(t.shape for t in inputs),
+        raising_module=model.inner.linear,
+        metric_target=0,
+    )
+
+
+def layer_identity(device: torch.device) -> Setup:
+    """Layer class on BasicModel_MultiLayer's identity layer ``linear0``: the layer value
+    equals the input, so NoiseTunnel and the metrics apply."""
+    model = WithDropout(BasicModel_MultiLayer()).to(device)
+    x = torch.tensor(X3, device=device)
+    return Setup(
+        attr=LayerPerturbationEntropyAttribution(model, model.inner.linear0),
+        inputs=x,
+        kwargs={"state_std": ONE.to(device), "sigma_max": 10.0},
+        model=model,
+        target=0,
+        targets=per_example_targets([0, 1, 1, 0]),
+        bad_target=-3,
+        feature_mask=torch.tensor([[0, 0, 1]], device=device),
+        shapes=(x.shape,),
+        raising_module=model.inner.linear0,
+        metric_target=1,
+    )
+
+
+def embedding_linear(device: torch.device) -> Setup:
+    """Layer class on an nn.Embedding: token ids in, one σ per token by default."""
+    torch.manual_seed(3)
+    model = EmbeddingLinear().to(device)
+    ids = torch.tensor([[1, 5, 7, 2, 9], [4, 4, 11, 3, 0], [13, 2, 6, 8, 19]], device=device)
+    return Setup(
+        attr=LayerPerturbationEntropyAttribution(model, model.emb),
+        inputs=ids,
+        kwargs={"state_std": torch.tensor(0.05, device=device)},
+        model=model,
+        target=[2, 0, 1],
+        targets=per_example_targets([2, 0, 1]),
+        bad_target=3,
+        feature_mask=torch.tensor([[0, 0, 1, 2, 2]], device=device).unsqueeze(-1),
+        shapes=(torch.Size([3, 5, 8]),),
+        raising_module=model.emb,
+        float_inputs=False,
+    )
+
+
+def _tiny_bert(device: torch.device) -> tuple[nn.Module, Tensor, Tensor]:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(4)
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=3,
+    )
+    model = BertForSequenceClassification(config).to(device)
+    ids = torch.tensor([[2, 17, 45, 8, 3], [2, 61, 9, 3, 0], [2, 33, 3, 0, 0]], device=device)
+    return model, ids, (ids != 0).long()
+
+
+def _corpus_std(forward: Any, device: torch.device, **kwargs: Any) -> Tensor:
+    """σ_S over 32 random unpadded sentences of 5 tokens, as one number (the RMS over the
+    state's elements) so that it fits the state selected by every target form."""
+    corpus = torch.randint(5, 100, (32, 5), generator=torch.Generator().manual_seed(0))
+    corpus = corpus.to(device)
+    std = estimate_state_std(forward, corpus, (torch.ones_like(corpus),), **kwargs)
+    return std.square().mean().sqrt()
+
+
+def tiny_bert(device: torch.device) -> Setup:
+    """Layer class on a tiny random BERT classifier's embeddings, padded batch; the
+    logits (a random BERT reads mostly [CLS]) are explained."""
+    model, ids, mask = _tiny_bert(device)
+
+    def forward(i: Tensor, m: Tensor) -> Tensor:
+        return model(input_ids=i, attention_mask=m).logits
+
+    return Setup(
+        attr=LayerPerturbationEntropyAttribution(forward, model.bert.embeddings),
+        inputs=ids,
+        kwargs={
+            "additional_forward_args": (mask,),
+            "attention_mask": mask,
+            "state_std": _corpus_std(forward, device),
+        },
+        model=model,
+        target=[1, 0, 2],
+        targets=per_example_targets([1, 0, 2]),
+        bad_target=[0, 1, 3],
+        feature_mask=torch.tensor([[0, 1, 1, 2, 2]], device=device).unsqueeze(-1),
+        shapes=(torch.Size([3, 5, 16]),),
+        raising_module=model.bert.encoder.layer[0],
+        float_inputs=False,
+    )
+
+
+def tiny_bert_hidden(device: torch.device) -> Setup:
+    """As ``tiny_bert``, explaining the (B, T, 16) output of the second encoder layer
+    (``state_layer``): every token is encoded, padded states are not counted."""
+    model, ids, mask = _tiny_bert(device)
+
+    def forward(i: Tensor, m: Tensor) -> Tensor:
+        return model(input_ids=i, attention_mask=m).logits
+
+    block = model.bert.encoder.layer[1]
+    return Setup(
+        attr=LayerPerturbationEntropyAttribution(forward, model.bert.embeddings),
+        inputs=ids,
+        kwargs={
+            "additional_forward_args": (mask,),
+            "attention_mask": mask,
+            "state_layer": block,
+            "state_std": _corpus_std(forward, device, layer=block),
+        },
+        model=model,
+        target=None,
+        targets={
+            "none": None,
+            "int": 1,
+            "tuple": (0, 3),
+            "list_tuple": [(0, 1), (1, 2), (2, 0)],
+        },
+        bad_target=(5,),
+        feature_mask=torch.tensor([[0, 1, 1, 2, 2]], device=device).unsqueeze(-1),
+        shapes=(torch.Size([3, 5, 16]),),
+        raising_module=block,
+        float_inputs=False,
+    )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread() -> Iterator[None]:
+    with one_thread():
+        yield
+
+
+CASES = {
+    "multilayer": multilayer,
+    "linear_multilayer": linear_multilayer,
+    "linear_multilayer_f64": lambda d: linear_multilayer(d, torch.float64),
+    "hidden_state": hidden_state,
+    "tuple_multi_input": tuple_multi_input,
+    "tuple_linear": tuple_linear,
+    "layer_identity": layer_identity,
+    "layer_embedding_linear": embedding_linear,
+    "layer_tiny_bert": tiny_bert,
+    "layer_tiny_bert_hidden": tiny_bert_hidden,
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("check", ContractTester.CHECKS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_contract(case: str, check: str, device: str) -> None:
+    ContractTester(CASES[case], device).run(check)
+
+
+def test_model_state_with_reference_adam_config() -> None:
+    """The reference (Adam) estimator must not leave gradients on the model either."""
+    from captum_perturb import AdamConfig
+
+    tester = ContractTester(linear_multilayer)
+    tester.check_model_state(config=AdamConfig(steps=3, n_samples=2))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
+def test_jit_traced_model_matches_eager() -> None:
+    s = linear_multilayer(torch.device("cpu"))
+    s.model.eval()
+    traced = torch.jit.trace(s.model, (s.inputs,))
+    eager = s.explain()
+    res = PerturbationEntropyAttribution(traced).explain(s.inputs, **s.call_kwargs())
+    torch.testing.assert_close(res.attributions, eager.attributions)
+    for i in range(s.batch):
+        assert_log_sigma_close(eager, i, res, i)
+
+
+@pytest.mark.parametrize("case", ["linear_multilayer", "hidden_state", "layer_embedding_linear"])
+def test_targets_select_different_states(case: str) -> None:
+    """Sanity of the cases: different targets give different σ, so the per-example
+    comparisons above would catch a target applied to the wrong example."""
+    s = CASES[case](torch.device("cpu"))
+    a = s.explain(target=0).estimate.log_sigma
+    b = s.explain(target=1).estimate.log_sigma
+    assert bool(((a - b).abs() > 0.05).any(1).all())
