@@ -25,7 +25,7 @@ from captum_perturb._hooks import capture, run_until_captured
 from captum_perturb._model_state import evaluation_mode, modules_of
 from captum_perturb.config import DEFAULT, EstimatorConfig
 from captum_perturb.functional._groups import flat_index, spread
-from captum_perturb.functional.estimate import StateFn, check_finite, estimate_sigma
+from captum_perturb.functional.estimate import SigmaEstimate, StateFn, check_finite, estimate_sigma
 from captum_perturb.result import PerturbationEntropyResult
 
 #: A state function for the site: (perturbed values, rows, explained-state reader) -> state
@@ -224,41 +224,53 @@ def explain(
     with evaluation_mode(modules), torch.no_grad():
         site = site_factory(tuple_inputs, batch, call_model)
     with evaluation_mode([*modules, *site.modules]):
-        return _explain_site(
-            site,
-            state_of,
-            tuple_inputs,
-            batch,
-            feature_mask,
-            attention_mask=attention_mask,
+        groups, table, keep = site_groups(site, feature_mask, attention_mask, batch)
+        if sigma_max is None:
+            smax, source = default_sigma_max(site, keep)
+        else:
+            smax, source = torch.as_tensor(sigma_max).to(site.values[0]), "given"
+
+        def state_fn(perturbed: tuple[Tensor, ...], rows: Tensor) -> Tensor:
+            return site.run(perturbed, rows, lambda run: state_of(run, rows))
+
+        def output_mask(state: Tensor) -> Tensor | None:
+            # padded positions of a (B, T, ...) state are not counted in the loss
+            if attention_mask is None or state.dim() < 2 or state.shape[:2] != attention_mask.shape:
+                return None
+            m = attention_mask.to(state.device).bool()
+            return m.reshape(*m.shape, *([1] * (state.dim() - 2)))
+
+        fn: StateFn = state_fn
+        est = estimate_sigma(
+            fn,
+            site.values,
+            groups,
+            sigma_max=smax,
             rate=rate,
-            sigma_max=sigma_max,
             state_std=state_std,
-            config=config,
-            seed=seed,
-            internal_batch_size=internal_batch_size,
+            output_mask=output_mask,
+            config=DEFAULT if config is None else config,
+            generator=make_generator(seed, site.values[0].device),
+            batch_size=internal_batch_size,
             show_progress=show_progress,
-            desc=desc,
+            progress_desc=desc,
         )
+    attributions, sigma = per_element(est, site, groups, table.shape[1])
+    return PerturbationEntropyResult(
+        attributions=format_output(site.is_tuple, attributions),
+        sigma=format_output(site.is_tuple, sigma),
+        estimate=est,
+        group_ids=table,
+        sigma_max_source=source,
+        normaliser="mean square fallback" if state_std is None else "state_std",
+    )
 
 
-def _explain_site(
-    site: Site,
-    state_of: Callable[[Callable[[], Any], Tensor], Tensor],
-    tuple_inputs: tuple[Any, ...],
-    batch: int,
-    feature_mask: FeatureMask,
-    *,
-    attention_mask: Tensor | None,
-    rate: float,
-    sigma_max: float | Tensor | None,
-    state_std: Tensor | None,
-    config: EstimatorConfig | None,
-    seed: int | torch.Generator | None,
-    internal_batch_size: int | None,
-    show_progress: bool,
-    desc: str,
-) -> PerturbationEntropyResult:
+def site_groups(
+    site: Site, feature_mask: FeatureMask, attention_mask: Tensor | None, batch: int
+) -> tuple[tuple[Tensor, ...], Tensor, tuple[Tensor | None, ...]]:
+    """Validate the perturbed values and give their dense groups, the group table and the
+    padding masks (see :func:`dense_groups`, :func:`padding_keep`)."""
     values = site.values
     for v in values:
         check_finite(v, "The inputs (or the perturbed layer's value)")
@@ -273,68 +285,29 @@ def _explain_site(
             f"attention_mask must be (batch, tokens) matching dims 0-1 of the perturbed "
             f"values {[tuple(v.shape) for v in values]}; got {tuple(attention_mask.shape)}"
         )
-    raw = raw_feature_ids(values, feature_mask)
-    groups, table = dense_groups(raw, keep)
+    groups, table = dense_groups(raw_feature_ids(values, feature_mask), keep)
     empty = (table < 0).all(1) if table.numel() else torch.ones(batch, dtype=torch.bool)
     if bool(empty.any()):
-        bad = empty.nonzero().flatten().tolist()
         raise ValueError(
-            f"examples {bad} have no element to perturb (all positions padded, or an empty "
-            "sequence); drop them or fix attention_mask"
+            f"examples {empty.nonzero().flatten().tolist()} have no element to perturb (all "
+            "positions padded, or an empty sequence); drop them or fix attention_mask"
         )
-    if sigma_max is None:
-        smax, source = default_sigma_max(site, keep)
-    else:
-        smax, source = (
-            torch.as_tensor(sigma_max, dtype=values[0].dtype, device=values[0].device),
-            "given",
-        )
-    generator = make_generator(seed, values[0].device)
+    return groups, table, keep
 
-    def state_fn(perturbed: tuple[Tensor, ...], rows: Tensor) -> Tensor:
-        return site.run(perturbed, rows, lambda run: state_of(run, rows))
 
-    def output_mask(state: Tensor) -> Tensor | None:
-        # padded positions of a (B, T, ...) state are not counted in the loss
-        if attention_mask is None or state.dim() < 2 or state.shape[:2] != attention_mask.shape:
-            return None
-        m = attention_mask.to(state.device).bool()
-        return m.reshape(*m.shape, *([1] * (state.dim() - 2)))
-
-    fn: StateFn = state_fn
-    est = estimate_sigma(
-        fn,
-        values,
-        groups,
-        sigma_max=smax,
-        rate=rate,
-        state_std=state_std,
-        output_mask=output_mask,
-        config=DEFAULT if config is None else config,
-        generator=generator,
-        batch_size=internal_batch_size,
-        show_progress=show_progress,
-        progress_desc=desc,
-    )
-    rows = torch.arange(batch, device=values[0].device)
-    log_ratio = est.log_ratio.nan_to_num(0.0)
+def per_element(
+    est: SigmaEstimate, site: Site, groups: tuple[Tensor, ...], n_groups: int
+) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """Give every element its group's score log(σ_max/σ) (0 if unperturbed) and σ (NaN)."""
+    values = site.values
+    rows = torch.arange(values[0].shape[0], device=values[0].device)
     shapes = tuple(v.shape[1:] for v in values)
-    flat = flat_index(groups, table.shape[1])
-    attributions = spread(log_ratio, flat, rows, shapes)
-    nan = torch.full_like(est.sigma, float("nan"))
-    sig = spread(est.sigma.nan_to_num(0.0), flat, rows, shapes)
-    sig = tuple(
-        torch.where(g >= 0, s, nan.new_full((), float("nan")))
-        for s, g in zip(sig, groups, strict=True)
-    )
-    return PerturbationEntropyResult(
-        attributions=format_output(site.is_tuple, attributions),
-        sigma=format_output(site.is_tuple, sig),
-        estimate=est,
-        group_ids=table,
-        sigma_max_source=source,
-        normaliser="mean square fallback" if state_std is None else "state_std",
-    )
+    flat = flat_index(groups, n_groups)
+    attributions = spread(est.log_ratio.nan_to_num(0.0), flat, rows, shapes)
+    sigma = spread(est.sigma.nan_to_num(0.0), flat, rows, shapes)
+    nan = est.sigma.new_full((), float("nan"))
+    sigma = tuple(torch.where(g >= 0, s, nan) for s, g in zip(sigma, groups, strict=True))
+    return attributions, sigma
 
 
 def embedding_matrix(module: nn.Module) -> Tensor | None:
