@@ -85,10 +85,11 @@ def estimate_state_std(
     total: Tensor | None = None
     total_sq: Tensor | None = None
     count: Tensor | None = None
+    device = tuple_inputs[0].device
     modules = modules_of(forward_func, extra=() if layer is None else (layer,))
     with evaluation_mode(modules), torch.no_grad():
         for start in range(0, n, batch_size):
-            rows = torch.arange(start, min(start + batch_size, n))
+            rows = torch.arange(start, min(start + batch_size, n), device=device)
             part = index_args(tuple_inputs, rows)
             part_args = index_args(args, rows)
             if layer is None:
@@ -105,7 +106,7 @@ def estimate_state_std(
             dims: tuple[int, ...] = (0,)
             if state.dim() >= 3:
                 if attention_mask is not None:
-                    m = attention_mask[rows].to(state.device, state.dtype)
+                    m = attention_mask[rows.to(attention_mask.device)].to(state.device, state.dtype)
                     weight = weight * m.reshape(*m.shape, *([1] * (state.dim() - 2)))
                 if token_reduction == "mean":
                     state = (weight * state).sum(1) / weight.sum(1).clamp_min(1)
