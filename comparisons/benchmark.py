@@ -179,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     batch_default, t_bdefault = timed(lambda: explain(bids, bmask, DEFAULT))
     _, t_blig = timed(lambda: run_lig(bids, bmask))
     k = min(args.hp_subset, len(sentences))
-    sub_mask = bmask[:k]
-    sub_hp = explain(bids[:k], sub_mask, hp_cfg, seed=1).estimate.log_sigma
+    width = int(bmask[:k].sum(1).max())  # drop the columns that are padding for all k
+    sub_mask = bmask[:k, :width]
+    sub_hp = explain(bids[:k, :width], sub_mask, hp_cfg, seed=1).estimate.log_sigma
     batch = {
         "sentences": len(sentences),
         "default_seconds_per_sentence": t_bdefault / len(sentences),
