@@ -38,14 +38,13 @@ class FixedPointConfig:
             uses it as a control variate with a fitted coefficient: exact for a linear
             state, at twice the evaluations per draw. On real transformer states the two
             decorrelate and it does not pay (measured on MiniLM). ``"auto"`` (default)
-            tries it in the first iteration and keeps it for an example only where, at
-            equal cost and with the most draws the run may take, it gives the smaller
-            variance, projection error included (in practice: small states such as a
-            few logits, whose Jacobian norms the projections give exactly);
-            ``"never"`` turns it off.
+            tries it in the first iteration where the projections are exact (states of
+            at most ``n_projections`` elements, such as a few logits) and keeps it for an
+            example only where, at equal cost and with the most draws the run may take,
+            it gives the smaller variance; ``"never"`` turns it off.
     """
 
-    n_projections: int = 16
+    n_projections: int = 8
     n_samples: int = 16
     max_iter: int = 10
     min_iter: int = 2

@@ -24,8 +24,12 @@ import torch
 from torch import Tensor
 
 from captum_perturb._base import make_generator
-from captum_perturb.config import DEFAULT, AdamConfig, EstimatorConfig
+from captum_perturb.config import AdamConfig, EstimatorConfig, FixedPointConfig
 from captum_perturb.functional.estimate import SigmaEstimate, estimate_sigma
+
+#: The drop-in's default: the fixed-point estimator stopped at a root-mean-square
+#: standard error of 0.005 in log σ (``DEFAULT`` stops at 0.02).
+PRECISE = FixedPointConfig(tol=0.005, max_iter=400)
 
 
 def calculate_regularization(
@@ -120,7 +124,10 @@ class Interpreter:
             :func:`calculate_regularization`). ``None`` divides by mean(Φ(x)²) instead, as
             the reference code does (with a warning: a corpus σ_S is the sound choice).
         words: the ``length`` words, used as tick labels by :meth:`visualize`.
-        config: the estimator; default the package's ``DEFAULT`` fixed-point estimator.
+        config: the estimator; default :data:`PRECISE`, the package's fixed-point
+            estimator run to a 4× tighter stopping rule than ``DEFAULT`` (a reference-code
+            user asked for 5,000 steps on one sentence, so precision is affordable: every
+            σ lands within 2 % of the optimum on the reference README example).
             With an :class:`~captum_perturb.AdamConfig` (e.g. ``REFERENCE``) the
             ``iteration`` and ``lr`` of :meth:`optimize` set its steps and learning rate.
         seed: an int, a ``torch.Generator`` or ``None`` (torch's global RNG); an int makes
@@ -153,7 +160,7 @@ class Interpreter:
         regularization: Tensor | np.ndarray | float | None = None,
         words: Sequence[str] | None = None,
         *,
-        config: EstimatorConfig = DEFAULT,
+        config: EstimatorConfig | None = None,
         seed: int | torch.Generator | None = 0,
     ) -> None:
         if not isinstance(x, Tensor) or not x.is_floating_point():
@@ -176,7 +183,7 @@ class Interpreter:
         self.rate = rate
         self.regularization = regularization
         self.words = None if words is None else list(words)
-        self.config = config
+        self.config = PRECISE if config is None else config
         self.seed = seed
         self._estimate: SigmaEstimate | None = None
 

@@ -39,7 +39,14 @@ def fixed_point(
     converged = torch.zeros(batch, dtype=torch.bool, device=u.device)
     n_iter = 0
     log_h = math.log(_LINEAR_SCALE)
-    use_cv = torch.full((batch,), cfg.control_variate != "never", dtype=torch.bool, device=u.device)
+    # "auto" tries twins only where the projections are exact: elsewhere their error,
+    # which no number of draws removes, makes the control variate lose (measured).
+    exact = (a_lin_var == 0).all(1)
+    use_cv = (
+        exact
+        if cfg.control_variate == "auto"
+        else torch.full_like(exact, cfg.control_variate == "always")
+    )
     for it in range(1, cfg.max_iter + 1):
         active = (~converged).nonzero().squeeze(1)
         if len(active) == 0:
