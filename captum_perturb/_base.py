@@ -32,6 +32,20 @@ from captum_perturb.result import PerturbationEntropyResult
 SiteRun = Callable[[tuple[Tensor, ...], Tensor, Callable[[Callable[[], Any]], Tensor]], Tensor]
 
 
+class EntropyFlags:
+    """Captum's declarative flags, true for both classes: the scores are log noise ratios
+    (not multiplied by the inputs) with no completeness delta (see ``result.converged``)."""
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        """False: the scores are log(σ_max/σ), not multiplied by the inputs."""
+        return False
+
+    def has_convergence_delta(self) -> bool:
+        """False: there is no completeness delta (see ``result.converged`` instead)."""
+        return False
+
+
 @dataclass
 class Site:
     """Where the noise goes.
@@ -321,4 +335,4 @@ def embedding_matrix(module: nn.Module) -> Tensor | None:
     return embeddings[0][1].weight if len(embeddings) == 1 else None
 
 
-__all__ = ["Site", "embedding_matrix", "explain", "index_args"]
+__all__ = ["EntropyFlags", "Site", "embedding_matrix", "explain", "index_args"]

@@ -10,14 +10,14 @@ from captum.attr import LayerAttribution, PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_perturb._base import Site, embedding_matrix, explain, index_args
+from captum_perturb._base import EntropyFlags, Site, embedding_matrix, explain, index_args
 from captum_perturb._features import FeatureMask
 from captum_perturb._hooks import capture, replace, run_until_captured
 from captum_perturb.config import EstimatorConfig
 from captum_perturb.result import PerturbationEntropyResult
 
 
-class LayerPerturbationEntropyAttribution(LayerAttribution, PerturbationAttribution):
+class LayerPerturbationEntropyAttribution(EntropyFlags, LayerAttribution, PerturbationAttribution):
     r"""Perturbation entropy with the noise on a layer's value, so token ids can be explained.
 
     The objective and the scores are those of
@@ -67,15 +67,6 @@ class LayerPerturbationEntropyAttribution(LayerAttribution, PerturbationAttribut
             raise TypeError(f"layer must be a torch.nn.Module, got {type(layer).__name__}")
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
         PerturbationAttribution.__init__(self, forward_func)
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        """False: the scores are log noise ratios, not multiplied by the layer's values."""
-        return False
-
-    def has_convergence_delta(self) -> bool:
-        """False: there is no completeness delta (see ``result.converged`` instead)."""
-        return False
 
     @log_usage(part_of_slo=False)
     def attribute(

@@ -10,13 +10,13 @@ from captum.attr import PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_perturb._base import Site, explain
+from captum_perturb._base import EntropyFlags, Site, explain
 from captum_perturb._features import FeatureMask
 from captum_perturb.config import EstimatorConfig
 from captum_perturb.result import PerturbationEntropyResult
 
 
-class PerturbationEntropyAttribution(PerturbationAttribution):
+class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):
     r"""How much of each input feature's information a model's state keeps.
 
     Every group ``g`` of input elements (``feature_mask``) gets isotropic Gaussian noise
@@ -72,15 +72,6 @@ class PerturbationEntropyAttribution(PerturbationAttribution):
 
     def __init__(self, forward_func: Callable[..., Any]) -> None:
         super().__init__(forward_func)
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        """False: the scores are log noise ratios, not multiplied by the inputs."""
-        return False
-
-    def has_convergence_delta(self) -> bool:
-        """False: there is no completeness delta (see ``result.converged`` instead)."""
-        return False
 
     @log_usage(part_of_slo=False)
     def attribute(
