@@ -397,20 +397,15 @@ def test_state_weights_infinite_std_leaves_the_element_out() -> None:
     torch.testing.assert_close(w, expected.expand(2, 4))
 
 
-def readme_toy(seed: int) -> tuple[Tensor, Tensor, Tensor, torch.Generator]:
-    # method.md's README toy: x = randn(5, 256) / 100, W = [10, 20, 5, -20, -10], σ_S the
-    # population std of Φ over 100 such samples (scale 1, rate 0.1)
+def readme_toy(seed: int, config: FixedPointConfig) -> tuple[SigmaEstimate, Tensor]:
+    """method.md's README toy: x = randn(5, 256) / 100, W = [10, 20, 5, -20, -10], σ_S the
+    population std of Φ over 100 such samples, scale 1, rate 0.1; the estimate and the
+    closed form."""
     gen = torch.Generator().manual_seed(50 + seed)
     W = torch.tensor([10.0, 20.0, 5.0, -20.0, -10.0])
     samples = torch.randn(100, 5, 256, generator=gen) / 100
     std = torch.einsum("i,bid->bd", W, samples).std(0, correction=0)
     x = torch.randn(1, 5, 256, generator=gen) / 100
-    return W, std, x, gen
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_reference_readme_toy(seed: int) -> None:
-    W, std, x, gen = readme_toy(seed)
     est = estimate_sigma(
         weighted_sum(W),
         (x,),
@@ -419,11 +414,15 @@ def test_reference_readme_toy(seed: int) -> None:
         rate=0.1,
         state_std=std,
         generator=gen,
-        config=PRECISE,
+        config=config,
     )
-    torch.testing.assert_close(
-        est.sigma[0], closed_weighted_sum(W, std, 0.1, 1.0), rtol=RTOL, atol=0.0
-    )
+    return est, closed_weighted_sum(W, std, 0.1, 1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_reference_readme_toy(seed: int) -> None:
+    est, closed = readme_toy(seed, PRECISE)
+    torch.testing.assert_close(est.sigma[0], closed, rtol=RTOL, atol=0.0)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -433,18 +432,8 @@ def test_default_estimator_error_is_within_its_standard_error(seed: int) -> None
     # uncertainty: each |log σ_g − log σ_g*| within 4 standard errors (a Gaussian
     # deviation beyond that has probability 6e-5), and the mean error within the 0.02
     # the project targets on real models.
-    W, std, x, gen = readme_toy(seed)
-    est = estimate_sigma(
-        weighted_sum(W),
-        (x,),
-        word_groups(1, 5, 256),
-        sigma_max=1.0,
-        rate=0.1,
-        state_std=std,
-        generator=gen,
-        config=DEFAULT,
-    )
-    err = (est.log_sigma[0] - closed_weighted_sum(W, std, 0.1, 1.0).log()).abs()
+    est, closed = readme_toy(seed, DEFAULT)
+    err = (est.log_sigma[0] - closed.log()).abs()
     assert bool(est.converged[0])
     assert bool((err <= 4 * est.std_error[0] + 1e-4).all()), (err, est.std_error)
     assert float(err.mean()) <= 0.02
