@@ -15,7 +15,6 @@ from captum._utils.common import (
 from captum._utils.common import _format_output as format_output
 from captum._utils.common import _format_tensor_into_tuples as format_tensor_into_tuples
 from captum._utils.common import _is_mask_valid as is_mask_valid
-from captum._utils.common import _is_tuple as is_tuple
 from captum._utils.common import _select_targets as select_targets
 from captum._utils.progress import progress
 
@@ -24,7 +23,6 @@ __all__ = [
     "format_output",
     "format_tensor_into_tuples",
     "is_mask_valid",
-    "is_tuple",
     "progress",
     "select_targets",
     "target_rows",

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from captum_perturb._compat import progress
 from captum_perturb.config import DEFAULT, AdamConfig, EstimatorConfig, FixedPointConfig
 from captum_perturb.functional.adam import adam
 from captum_perturb.functional.fixed_point import fixed_point
@@ -221,9 +222,7 @@ def estimate_sigma(
         )
     bar = None
     if show_progress:
-        from captum._utils.progress import progress as _progress
-
-        bar = _progress(desc=progress_desc, total=total)
+        bar = progress(desc=progress_desc, total=total)
 
     def tick() -> None:
         if bar is not None:
