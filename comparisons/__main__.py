@@ -1,0 +1,176 @@
+"""Command line of the harness: ``python -m comparisons {study,report,merge,finetune,methods}``.
+
+Examples::
+
+    python -m comparisons study --model sst2 --n 200 --out runs/sst2   # the fine-tuned MiniLM
+    python -m comparisons study --model minilm --state pooled --n 20 --out runs/pooled
+    python -m comparisons study --model path/or/hub-id --data my.tsv --methods ours,lime
+    python -m comparisons report runs/sst2
+    python -m comparisons finetune
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from comparisons.methods import DEFAULT_METHODS, METHODS, get_method
+
+
+def _limits(text: str) -> dict[str, int]:
+    out = {}
+    for part in filter(None, text.split(",")):
+        name, _, n = part.partition("=")
+        out[get_method(name).name] = int(n)
+    return out
+
+
+def _model_path(name: str, state: str | int) -> tuple[Path | str, str | int]:
+    from comparisons.resources import packaged_minilm_dir
+
+    if name == "sst2":
+        from comparisons.finetune import sst2_classifier
+
+        return sst2_classifier("full"), state
+    if name == "sst2-small":
+        from comparisons.finetune import sst2_classifier
+
+        return sst2_classifier("small"), state
+    if name == "minilm":
+        return packaged_minilm_dir(), state
+    return name, state
+
+
+def study(args: argparse.Namespace) -> int:
+    import torch
+
+    from comparisons.resources import data_dir, read_sentences
+    from comparisons.study import StudyConfig, run_study
+    from comparisons.text_model import TextModel
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    methods = (
+        tuple(get_method(m).name for m in args.methods.split(","))
+        if args.methods
+        else DEFAULT_METHODS
+    )
+    state: str | int = int(args.state) if args.state.isdigit() else args.state
+    if args.model in ("minilm",) and state == "probs":
+        state = "pooled"
+    where, state = _model_path(args.model, state)
+    tm = TextModel.from_pretrained(where, state)
+    data = Path(args.data) if args.data else data_dir() / "sst2" / "dev.tsv"
+    rows = read_sentences(data)
+    examples = [
+        tm.encode(s, f"{data.stem}-{args.start + i:04d}", y)
+        for i, (s, y) in enumerate(rows[args.start : args.start + args.n])
+    ]
+    corpus = [s for s, _ in rows[-args.corpus :]] if args.corpus else []
+    config = StudyConfig(
+        methods=methods,
+        seed=args.seed,
+        captum_examples=args.captum_examples,
+        sanity_examples=args.sanity_examples,
+        limits=_limits(args.limit),
+    )
+    command = "python -m comparisons " + shlex.join(args.argv)
+    run_study(tm, examples, args.out, config, corpus=corpus, data=str(data), command=command)
+    print(f"wrote {args.out}/report.html and the tidy results in {args.out}/results.csv")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    from comparisons.report import write_report
+
+    path = write_report(args.run_dir, max_examples=args.examples)
+    print(f"wrote {path}")
+    return 0
+
+
+def merge(args: argparse.Namespace) -> int:
+    from comparisons.report import write_report
+    from comparisons.store import merge_runs
+
+    merge_runs(args.out, args.runs)
+    path = write_report(args.out, max_examples=args.examples)
+    print(f"merged {len(args.runs)} runs into {args.out}; wrote {path}")
+    return 0
+
+
+def finetune(args: argparse.Namespace) -> int:
+    from comparisons.finetune import main
+
+    return main(["--recipe", args.recipe])
+
+
+def methods(args: argparse.Namespace) -> int:
+    for name, spec in METHODS.items():
+        kind = "signed" if spec.signed else "magnitude"
+        print(f"{name:22s} {spec.family:13s} {kind:10s} {spec.description}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m comparisons", description=__doc__.splitlines()[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("study", help="explain, score and report")
+    p.add_argument(
+        "--model",
+        default="sst2",
+        help="'sst2' (MiniLM fine-tuned on SST-2, trained once and cached), 'sst2-small', "
+        "'minilm' (the packaged encoder), or a local folder / hub id",
+    )
+    p.add_argument(
+        "--state",
+        default="probs",
+        help="'probs' (classifier), 'logits', 'pooled' (sentence embedding) or a layer number",
+    )
+    p.add_argument("--data", default=None, help="a sentence<TAB>label file (default SST-2 dev)")
+    p.add_argument("--n", type=int, default=200, help="number of examples")
+    p.add_argument("--start", type=int, default=0, help="first example")
+    p.add_argument(
+        "--corpus", type=int, default=100, help="σ_S from the last N sentences of the data file"
+    )
+    p.add_argument(
+        "--methods", default="", help=f"comma-separated (default: {','.join(DEFAULT_METHODS)})"
+    )
+    p.add_argument("--limit", default="", help="e.g. 'ours-reference=20': at most N examples")
+    p.add_argument("--captum-examples", type=int, default=20)
+    p.add_argument("--sanity-examples", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--out", type=Path, default=Path("runs/study"))
+    p.set_defaults(func=study)
+
+    p = sub.add_parser("report", help="(re)write report.html of a run folder")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--examples", type=int, default=10, help="examples shown as heatmaps")
+    p.set_defaults(func=report)
+
+    p = sub.add_parser("merge", help="combine run folders (shards of one study) and report")
+    p.add_argument("runs", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--examples", type=int, default=10, help="examples shown as heatmaps")
+    p.set_defaults(func=merge)
+
+    p = sub.add_parser("finetune", help="train (once) the SST-2 classifier")
+    p.add_argument("--recipe", default="full", choices=["full", "small"])
+    p.set_defaults(func=finetune)
+
+    p = sub.add_parser("methods", help="list the registered methods")
+    p.set_defaults(func=methods)
+
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    args.argv = argv
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
