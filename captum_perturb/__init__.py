@@ -4,7 +4,9 @@ The supported API is what this module exports.
 """
 
 from captum_perturb.config import DEFAULT, HIGH_PRECISION, REFERENCE, AdamConfig, FixedPointConfig
+from captum_perturb.layer_information import LayerInformation
 from captum_perturb.layer_perturbation_entropy import LayerPerturbationEntropyAttribution
+from captum_perturb.layerwise import explain_layers, layer_state_std
 from captum_perturb.normalizer import estimate_state_std
 from captum_perturb.perturbation_entropy import PerturbationEntropyAttribution
 from captum_perturb.reference import Interpreter, calculate_regularization
@@ -19,9 +21,12 @@ __all__ = [
     "AdamConfig",
     "FixedPointConfig",
     "Interpreter",
+    "LayerInformation",
     "LayerPerturbationEntropyAttribution",
     "PerturbationEntropyAttribution",
     "PerturbationEntropyResult",
     "calculate_regularization",
     "estimate_state_std",
+    "explain_layers",
+    "layer_state_std",
 ]

@@ -102,24 +102,44 @@ def estimate_state_std(
                     raise RuntimeError(f"the layer {type(layer).__name__} never ran")
                 state = sink[0]
             state = select_targets(state, target_rows(target, rows)).double()
-            weight = torch.ones_like(state)
-            dims: tuple[int, ...] = (0,)
-            if state.dim() >= 3:
-                if attention_mask is not None:
-                    m = attention_mask[rows.to(attention_mask.device)].to(state.device, state.dtype)
-                    weight = weight * m.reshape(*m.shape, *([1] * (state.dim() - 2)))
-                if token_reduction == "mean":
-                    state = (weight * state).sum(1) / weight.sum(1).clamp_min(1)
-                    weight = torch.ones_like(state)
-                elif token_reduction == "pool":
-                    dims = (0, 1)
-            s1 = (weight * state).sum(dims)
-            s2 = (weight * state.square()).sum(dims)
-            c = weight.sum(dims)
+            m = None
+            if attention_mask is not None:
+                m = attention_mask[rows.to(attention_mask.device)]
+            s1, s2, c = state_moments(state, m, token_reduction)
             total = s1 if total is None else total + s1
             total_sq = s2 if total_sq is None else total_sq + s2
             count = c if count is None else count + c
     assert total is not None and total_sq is not None and count is not None
+    std = std_from_moments(total, total_sq, count, constant_rtol)
+    dtype = tuple_inputs[0].dtype if tuple_inputs[0].is_floating_point() else torch.float32
+    return std.to(dtype)
+
+
+def state_moments(
+    state: Tensor, attention_mask: Tensor | None, token_reduction: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Sums, sums of squares and counts of a batch of states for :func:`std_from_moments`
+    (float64; a ``(B, T, ...)`` state is reduced over its tokens as ``token_reduction``
+    says, skipping padding)."""
+    state = state.double()
+    weight = torch.ones_like(state)
+    dims: tuple[int, ...] = (0,)
+    if state.dim() >= 3:
+        if attention_mask is not None:
+            m = attention_mask.to(state.device, state.dtype)
+            weight = weight * m.reshape(*m.shape, *([1] * (state.dim() - 2)))
+        if token_reduction == "mean":
+            state = (weight * state).sum(1) / weight.sum(1).clamp_min(1)
+            weight = torch.ones_like(state)
+        elif token_reduction == "pool":
+            dims = (0, 1)
+    return (weight * state).sum(dims), (weight * state.square()).sum(dims), weight.sum(dims)
+
+
+def std_from_moments(
+    total: Tensor, total_sq: Tensor, count: Tensor, constant_rtol: float = 1e-6
+) -> Tensor:
+    """Population std from accumulated moments; constant elements get ``inf`` (warned)."""
     mean = total / count.clamp_min(1)
     var = (total_sq / count.clamp_min(1) - mean.square()).clamp_min(0)
     std = var.sqrt()
@@ -129,8 +149,7 @@ def estimate_state_std(
             f"{int(constant.sum())} of {std.numel()} elements of the state are constant over "
             "the corpus; they get state_std = inf and are left out of the loss",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
         std = torch.where(constant, torch.full_like(std, float("inf")), std)
-    dtype = tuple_inputs[0].dtype if tuple_inputs[0].is_floating_point() else torch.float32
-    return std.to(dtype)
+    return std

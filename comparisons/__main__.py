@@ -7,6 +7,7 @@ Examples::
     python -m comparisons study --model path/or/hub-id --data my.tsv --methods ours,lime
     python -m comparisons report runs/sst2
     python -m comparisons finetune
+    python -m comparisons layers --n 50 --models minilm,sst2 --groups both
 """
 
 from __future__ import annotations
@@ -113,6 +114,41 @@ def methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def layers(args: argparse.Namespace) -> int:
+    import torch
+
+    from comparisons import layer_analysis as la
+    from comparisons.resources import data_dir, read_sentences
+
+    torch.set_num_threads(args.threads or la.default_threads())
+    dev = data_dir() / "sst2" / "dev.tsv"
+    if args.sentence:
+        sentences = [args.sentence]
+    elif args.file:
+        sentences = la.read_sentence_file(args.file)[: args.n]
+    else:
+        sentences = [s for s, _ in read_sentences(dev, limit=args.n)]
+    corpus = None
+    if args.corpus > 0 and dev.is_file():
+        corpus = [s for s, _ in read_sentences(dev)[-args.corpus :]]
+    elif args.corpus > 0:
+        print(f"{dev} not found: no σ_S corpus, explain_layers uses its fallback")
+    chosen = [int(k) for k in args.layers.split(",")] if args.layers else None
+    models = {name: la.load_model(name) for name in filter(None, args.models.split(","))}
+    la.run_layers(
+        models,
+        sentences,
+        corpus,
+        args.out,
+        groups=args.groups,
+        layers=chosen,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    print(f"wrote {args.out}/index.html and {args.out}/depth_curves.png")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m comparisons", description=__doc__.splitlines()[0]
@@ -165,6 +201,32 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("methods", help="list the registered methods")
     p.set_defaults(func=methods)
+
+    p = sub.add_parser("layers", help="information each layer keeps, per token group and model")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--sentence", default=None, help="explain this one sentence")
+    which.add_argument(
+        "--file", type=Path, default=None, help="sentence<TAB>label file or one sentence a line"
+    )
+    p.add_argument("--n", type=int, default=50, help="first N sentences (default SST-2 dev)")
+    p.add_argument(
+        "--models",
+        default="minilm,sst2",
+        help="comma-separated: 'minilm' (packaged encoder), 'sst2' (it fine-tuned on SST-2), "
+        "or local folders / hub ids",
+    )
+    p.add_argument(
+        "--corpus", type=int, default=100, help="σ_S from the last N SST-2 dev sentences (0: none)"
+    )
+    p.add_argument("--groups", default="both", choices=["sentiment", "stopwords", "both"])
+    p.add_argument(
+        "--layers", default="", help="comma-separated layers (default all; 0 = embeddings)"
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="sentences per explain_layers call")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: $OMP_NUM_THREADS)")
+    p.add_argument("--out", type=Path, default=Path("outputs/layers"))
+    p.set_defaults(func=layers)
 
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)

@@ -400,3 +400,35 @@ def write_report(
     )
     out.write_text(page, encoding="utf-8")
     return out
+
+
+def summary_markdown(
+    run_dir: str | Path, metrics: Sequence[str], *, seed: int = 0, digits: int = 3
+) -> str:
+    """The summary (mean [95 % interval], n) of chosen metrics as a Markdown table.
+
+    For the README and the docs: one row per method, one column per metric, the best
+    mean of each column in bold.
+    """
+    store = RunStore(run_dir)
+    meta = store.read_meta()
+    info = meta.get("metrics", {})
+    better = {m: v["better"] for m, v in info.items() if "better" in v}
+    better.setdefault(_SECONDS, "lower")
+    summary = summarize(store.results(), better, seed=seed)
+    cell = {(r["metric"], r["method"]): r for r in summary}
+    methods = _ordered(list(meta.get("methods", {})), [r["method"] for r in summary])
+    arrows = {"higher": " ↑", "lower": " ↓"}
+    head = "| method | " + " | ".join(f"{m}{arrows.get(better.get(m, ''), '')}" for m in metrics)
+    lines = [head + " |", "|---" * (len(metrics) + 1) + "|"]
+    for method in methods:
+        row = [method]
+        for m in metrics:
+            r = cell.get((m, method))
+            if r is None or not math.isfinite(r["mean"]):
+                row.append("—")
+                continue
+            text = f"{r['mean']:.{digits}g} [{r['lo']:.{digits}g}, {r['hi']:.{digits}g}] ({r['n']})"
+            row.append(f"**{text}**" if r["best"] else text)
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,428 @@
+r"""Layer by layer: how much of each token every layer of a transformer keeps.
+
+The paper's analysis (Guan et al. 2019, Figs. 3 to 5): the noise goes on the embedding
+output :math:`x` — the hidden states entering the first block, word + position (+
+segment) embeddings, as in :doc:`layers` — and, for every explained layer :math:`l`, a
+separate :math:`\sigma^{(l)}` is learned for the state :math:`\Phi_l(x)` (layer
+:math:`l`'s token states; :math:`l = 0` is the embedding output itself):
+
+.. math::
+    \min_{\sigma^{(l)}}\; \mathbb{E}_\varepsilon \frac{1}{M}\sum_j
+    \Big(\frac{\Phi_l(\tilde x)_j - \Phi_l(x)_j}{\sigma_{S,l,j}}\Big)^2
+    - \text{rate}\cdot\operatorname{mean}_i \log\frac{\sigma^{(l)}_i}{\sigma_{max}},
+    \qquad \tilde x_i = x_i + \sigma^{(l)}_i \varepsilon_i .
+
+σ_S of every layer comes from one corpus (:func:`layer_state_std`), which puts layers
+and models on one scale. The information layer :math:`l` keeps of token :math:`i` is
+:math:`H_{max} - H_i^{(l)} = D \log(\sigma_{max}/\sigma^{(l)}_i)` nats.
+
+All layers are optimised in one call of the estimator: the batch holds one copy of each
+sentence per layer, every copy converges on its own, and the perturbed copies of all
+layers share one *staircase* forward pass (``captum_perturb._blocks``): a copy explaining
+layer :math:`l` leaves the batch after block :math:`l`, so it costs :math:`l` blocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from captum_perturb._base import make_generator
+from captum_perturb._blocks import staircase, transformer_blocks
+from captum_perturb._hooks import StopForwardError, first_tensor, run_until_captured
+from captum_perturb._model_state import evaluation_mode
+from captum_perturb.config import DEFAULT, EstimatorConfig
+from captum_perturb.functional.estimate import estimate_sigma
+from captum_perturb.layer_information import LayerInformation
+from captum_perturb.normalizer import state_moments, std_from_moments
+
+_SIDE_INPUTS = ("token_type_ids", "position_ids")
+
+
+def _layers(layers: Sequence[int] | None, n_blocks: int) -> list[int]:
+    if layers is None:
+        return list(range(n_blocks + 1))
+    out = []
+    for k in layers:
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise TypeError(f"layers must be ints (0 = embedding output), got {k!r}")
+        j = k + n_blocks + 1 if k < 0 else k
+        if not 0 <= j <= n_blocks:
+            raise ValueError(
+                f"layer {k} does not exist: this model has layers 0 (embedding output) to "
+                f"{n_blocks}; negative numbers count from the last"
+            )
+        out.append(j)
+    if len(set(out)) != len(out):
+        raise ValueError(f"layers {list(layers)} name a layer twice")
+    return sorted(out)
+
+
+def _unpack(encoding: Mapping[str, Any]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    if "input_ids" not in encoding:
+        raise ValueError(
+            "encoding needs 'input_ids': pass the tokenizer's output, e.g. "
+            "tokenizer(sentences, return_tensors='pt', padding=True)"
+        )
+    ids = encoding["input_ids"]
+    if not isinstance(ids, Tensor) or ids.dim() != 2:
+        raise ValueError("input_ids must be a (sentences, tokens) tensor: use return_tensors='pt'")
+    mask = encoding.get("attention_mask")
+    mask = torch.ones_like(ids) if mask is None else mask
+    side = {k: encoding[k] for k in _SIDE_INPUTS if isinstance(encoding.get(k), Tensor)}
+    return ids, mask, side
+
+
+def _special(encoding: Mapping[str, Any], tokenizer: Any, ids: Tensor) -> Tensor | None:
+    given = encoding.get("special_tokens_mask")
+    if isinstance(given, Tensor):
+        return given.bool()
+    if tokenizer is not None:
+        special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), device=ids.device)
+        return torch.isin(ids, special_ids)
+    return None
+
+
+def _run(model: nn.Module, ids: Tensor, mask: Tensor, side: Mapping[str, Tensor]) -> Any:
+    return model(input_ids=ids, attention_mask=mask, use_cache=False, **side)
+
+
+def _call(model: nn.Module, ids: Tensor, mask: Tensor, side: Mapping[str, Tensor]) -> Any:
+    try:
+        return _run(model, ids, mask, side)
+    except TypeError as err:  # a model without use_cache
+        if "use_cache" not in str(err):
+            raise
+        return model(input_ids=ids, attention_mask=mask, **side)
+
+
+def _layer_states(
+    model: nn.Module,
+    blocks: Sequence[nn.Module],
+    layers: Sequence[int],
+    ids: Tensor,
+    mask: Tensor,
+    side: Mapping[str, Tensor],
+) -> dict[int, Tensor]:
+    """Clean states of the requested layers (0 = the first block's input), one pass."""
+    deepest = max(layers)
+    states: dict[int, Tensor] = {}
+    handles = []
+
+    def grab_input(module: nn.Module, args: Any, kwargs: Any) -> None:
+        key = "hidden_states" if "hidden_states" in kwargs else next(iter(kwargs), None)
+        values = args if args else (kwargs[key],) if key is not None else ()
+        states[0] = first_tensor(values, "block 1's input")
+        if deepest == 0:
+            raise StopForwardError
+
+    def grab(k: int) -> Any:
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            states[k] = first_tensor(out, f"the output of block {k}")
+            if k == deepest:
+                raise StopForwardError
+
+        return hook
+
+    handles.append(blocks[0].register_forward_pre_hook(grab_input, with_kwargs=True))
+    for k in range(1, deepest + 1):
+        handles.append(blocks[k - 1].register_forward_hook(grab(k)))
+    try:
+        run_until_captured(lambda: _call(model, ids, mask, side))
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: states[k] for k in layers}
+
+
+def _model_key(model: nn.Module) -> str:
+    h = hashlib.sha256(type(model).__name__.encode())
+    for name, t in list(model.state_dict().items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(_tensor_bytes(t))
+    return h.hexdigest()
+
+
+def _tensor_bytes(t: Tensor) -> bytes:
+    """The raw bytes of a tensor of any dtype (numpy has no bfloat16)."""
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def layer_state_std(
+    model: nn.Module,
+    corpus: Mapping[str, Any],
+    layers: Sequence[int] | None = None,
+    *,
+    token_reduction: Literal["mean", "pool"] = "mean",
+    batch_size: int = 32,
+    cache_dir: str | Path | None = None,
+) -> dict[int, Tensor]:
+    """σ_S of every layer's token states over a corpus, in one pass per batch.
+
+    The same estimate as :func:`~captum_perturb.estimate_state_std` (padding skipped;
+    ``"mean"``: average each sentence's states over its tokens, then the std across
+    sentences — the reference code's choice), for layers ``0`` (embedding output) to
+    ``L`` at once. Constant elements (MiniLM's last layer has three) get ``inf``.
+
+    Args:
+        model: a Hugging Face encoder or decoder (or a model holding one).
+        corpus: the tokenizer's output for the corpus (``input_ids``, ``attention_mask``,
+            optionally ``token_type_ids``), padded.
+        layers: which layers (default: all, with the embedding output).
+        token_reduction: ``"mean"`` or ``"pool"`` (see ``estimate_state_std``).
+        batch_size: sentences per forward pass.
+        cache_dir: keep the result in ``cache_dir`` under a key hashed from the model's
+            weights, the corpus, the layers and ``token_reduction``; a later call with the
+            same model and corpus loads it instead of recomputing.
+
+    Returns:
+        ``{layer: σ_S}``, each ``(D,)`` (``(D,)`` for ``"pool"`` too).
+    """
+    blocks = transformer_blocks(model)
+    chosen = _layers(layers, len(blocks))
+    ids, mask, side = _unpack(corpus)
+    path = None
+    if cache_dir is not None:
+        h = hashlib.sha256(_model_key(model).encode())
+        for name, t in {"input_ids": ids, "attention_mask": mask, **side}.items():
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(_tensor_bytes(t))
+        h.update(f"{chosen}:{token_reduction}".encode())
+        path = Path(cache_dir) / f"layer-std-{h.hexdigest()[:20]}.pt"
+        if path.exists():
+            cached: dict[int, Tensor] = torch.load(path, weights_only=True)
+            return cached
+    moments: dict[int, list[Tensor]] = {}
+    with evaluation_mode([model]), torch.no_grad():
+        for start in range(0, ids.shape[0], batch_size):
+            sl = slice(start, start + batch_size)
+            part_side = {k: v[sl] for k, v in side.items()}
+            states = _layer_states(model, blocks, chosen, ids[sl], mask[sl], part_side)
+            for k, s in states.items():
+                got = state_moments(s, mask[sl], token_reduction)
+                moments[k] = (
+                    list(got)
+                    if k not in moments
+                    else [a + b for a, b in zip(moments[k], got, strict=True)]
+                )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = {
+            k: std_from_moments(moments[k][0], moments[k][1], moments[k][2]).float() for k in chosen
+        }
+    for w in caught:
+        warnings.warn(f"layer_state_std: {w.message}", UserWarning, stacklevel=2)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(out, path)
+    return out
+
+
+def explain_layers(
+    model: nn.Module,
+    encoding: Mapping[str, Any],
+    layers: Sequence[int] | None = None,
+    *,
+    state_std: Mapping[int, Tensor] | None = None,
+    special_tokens: Literal["keep", "exclude"] = "keep",
+    tokenizer: Any = None,
+    rate: float = 0.1,
+    sigma_max: float | None = None,
+    config: EstimatorConfig | None = None,
+    seed: int | torch.Generator | None = 0,
+    batch_size: int | None = None,
+    show_progress: bool = False,
+) -> LayerInformation:
+    r"""The information each layer keeps about each token, for one or many sentences.
+
+    Args:
+        model: a Hugging Face encoder or decoder (``AutoModel``), or a model holding one
+            (``...ForSequenceClassification``); it is put in eval mode for the call and
+            restored.
+        encoding: the tokenizer's output, ``(N, T)`` tensors (``input_ids``,
+            ``attention_mask``; ``token_type_ids`` and ``special_tokens_mask`` are used
+            when present). Padding is never perturbed nor counted.
+        layers: which layers, ``0`` = the embedding output (explained by itself: the
+            closed form :math:`\sigma_i = \sigma_S\sqrt{\text{rate}\cdot M/(2 n D)}`-type
+            case of ``method.md``), ``k`` = block ``k``'s output, negatives from the last;
+            default all, ``0 … L``.
+        state_std: ``{layer: σ_S}`` from :func:`layer_state_std` (recommended: it puts
+            all layers on one scale). Missing layers use the reference code's fallback
+            :math:`\sigma_S^2 = \text{mean}(\Phi_l(x)^2)` per sentence, with a warning;
+            ``result.normaliser`` says which layer used which.
+        special_tokens: ``"keep"`` perturbs [CLS]/[SEP]-like tokens like words (and
+            labels them); ``"exclude"`` leaves them noise-free (σ = NaN) — their states
+            still count in the loss. Special tokens are known from
+            ``special_tokens_mask`` in ``encoding`` or from ``tokenizer``.
+        tokenizer: turns ids into token strings for the result, and finds special tokens.
+        rate: weight of the entropy term (the reference code's ``rate``).
+        sigma_max: σ bound; default 10 × the std of the word-embedding matrix.
+        config: estimator settings (default :data:`~captum_perturb.DEFAULT`).
+        seed: seeds all noise (int or generator); ``None`` uses torch's global RNG.
+        batch_size: perturbed copies per forward pass (speed/memory only).
+        show_progress: a progress bar over the estimator's iterations.
+
+    Returns:
+        A :class:`~captum_perturb.LayerInformation`: σ, entropies, nats kept and
+        standard errors per sentence × layer × token, as arrays and as tidy rows.
+
+    Raises:
+        ValueError: unknown layers, a missing ``input_ids``, ``special_tokens="exclude"``
+            without a way to find special tokens.
+
+    Example:
+        >>> import torch
+        >>> from transformers import BertConfig, BertModel
+        >>> from captum_perturb import explain_layers
+        >>> _ = torch.manual_seed(0)
+        >>> model = BertModel(
+        ...     BertConfig(
+        ...         vocab_size=50,
+        ...         hidden_size=16,
+        ...         num_hidden_layers=2,
+        ...         num_attention_heads=2,
+        ...         intermediate_size=32,
+        ...     )
+        ... )
+        >>> enc = {"input_ids": torch.tensor([[2, 7, 9, 3]])}
+        >>> info = explain_layers(model, enc)
+        >>> info.nats_kept.shape  # sentences × layers (embedding output, 1, 2) × tokens
+        torch.Size([1, 3, 4])
+    """
+    if special_tokens not in ("keep", "exclude"):
+        raise ValueError(f"special_tokens must be 'keep' or 'exclude', got {special_tokens!r}")
+    blocks = transformer_blocks(model)
+    chosen = _layers(layers, len(blocks))
+    ids, mask, side = _unpack(encoding)
+    special = _special(encoding, tokenizer, ids)
+    if special_tokens == "exclude" and special is None:
+        raise ValueError(
+            "special_tokens='exclude' needs to know which tokens are special: pass "
+            "tokenizer=..., or tokenize with return_special_tokens_mask=True"
+        )
+    n_sent, n_tok = ids.shape
+    n_lay = len(chosen)
+    device = ids.device
+    with evaluation_mode([model]):
+        with torch.no_grad():
+            clean = _layer_states(model, blocks, chosen, ids, mask, side)
+        x0 = clean.get(0)
+        if x0 is None:
+            with torch.no_grad():
+                x0 = _layer_states(model, blocks, [0], ids, mask, side)[0]
+        dim = x0.shape[-1]
+        dtype = x0.dtype
+        # one "example" of the estimator per sentence × layer
+        ex_sent = torch.arange(n_sent, device=device).repeat_interleave(n_lay)
+        ex_layer = torch.tensor(chosen, device=device).repeat(n_sent)
+        real = mask.bool()
+        perturbed = real & ~special if special_tokens == "exclude" and special is not None else real
+        positions = torch.arange(n_tok, device=device).expand(n_sent, n_tok)
+        token_group = torch.where(perturbed, positions, torch.full_like(positions, -1))
+        groups = token_group[ex_sent].unsqueeze(-1).expand(-1, -1, dim).contiguous()
+        # σ_S per layer, folded into the state: Φ_l / σ_S,l (0 where σ_S is inf)
+        normaliser: dict[int, str] = {}
+        inv = torch.zeros(len(ex_sent), 1, dim, dtype=dtype, device=device)
+        out_mask = real[ex_sent].unsqueeze(-1).to(dtype).expand(-1, -1, dim).clone()
+        for k in chosen:
+            rows = torch.nonzero(ex_layer == k).flatten()
+            std = None if state_std is None else state_std.get(k)
+            if std is not None:
+                std = torch.as_tensor(std, dtype=dtype, device=device).reshape(-1)
+                if std.numel() != dim:
+                    raise ValueError(
+                        f"state_std[{k}] has {std.numel()} elements; layer {k}'s token "
+                        f"states have {dim} (use layer_state_std on the same model)"
+                    )
+                finite = torch.isfinite(std)
+                inv[rows, 0] = torch.where(finite, 1.0 / std, torch.zeros_like(std))
+                out_mask[rows] = out_mask[rows] * finite.to(dtype)
+                normaliser[k] = "state_std"
+            else:
+                s = clean[k]
+                m = real.unsqueeze(-1).to(dtype)
+                mean_sq = (m * s.square()).sum((1, 2)) / (m.sum((1, 2)) * dim).clamp_min(1)
+                inv[rows, 0] = mean_sq.rsqrt().unsqueeze(-1).expand(-1, dim).to(dtype)
+                normaliser[k] = "mean square fallback"
+        if any(v != "state_std" for v in normaliser.values()):
+            missing = [k for k, v in normaliser.items() if v != "state_std"]
+            warnings.warn(
+                f"no state_std for layers {missing}: dividing by mean(Φ(x)²) of each sentence "
+                "(the reference code's fallback); estimate σ_S with layer_state_std(model, "
+                "corpus) to put layers and models on one scale",
+                UserWarning,
+                stacklevel=2,
+            )
+
+        def state_fn(values: tuple[Tensor, ...], rows: Tensor) -> Tensor:
+            noisy = values[0]
+            lay = ex_layer[rows]
+            out = torch.zeros_like(noisy)
+            zero = lay == 0
+            if bool(zero.any()):
+                out = out.index_put((torch.nonzero(zero).flatten(),), noisy[zero])
+            deep = torch.nonzero(~zero).flatten()
+            if len(deep):
+                sent = ex_sent[rows[deep]]
+                sink: dict[int, Tensor] = {}
+                part_side = {k: v[sent] for k, v in side.items()}
+                with staircase(blocks, noisy[deep], lay[deep], sink):
+                    run_until_captured(lambda: _call(model, ids[sent], mask[sent], part_side))
+                for k, states in sink.items():
+                    where = deep[lay[deep] == k]
+                    out = out.index_put((where,), states.to(out.dtype))
+            return out * inv[rows]
+
+        if sigma_max is None:
+            word = model.get_input_embeddings()  # type: ignore[operator]
+            smax = 10.0 * float(word.weight.detach().float().std())
+            source = "word embeddings"
+        else:
+            smax, source = float(sigma_max), "given"
+        estimate = estimate_sigma(
+            state_fn,
+            (x0[ex_sent].detach(),),
+            (groups,),
+            sigma_max=smax,
+            rate=rate,
+            state_std=torch.ones(dim, dtype=dtype, device=device),
+            output_mask=out_mask,
+            config=config or DEFAULT,
+            generator=make_generator(seed, device),
+            batch_size=batch_size,
+            show_progress=show_progress,
+            progress_desc="information per layer",
+        )
+
+    def grid(t: Tensor) -> Tensor:
+        full = torch.full((len(ex_sent), n_tok), float("nan"), dtype=t.dtype, device=t.device)
+        full[:, : t.shape[1]] = t
+        return full.reshape(n_sent, n_lay, n_tok).cpu()
+
+    rows_ids = ids.cpu().tolist()
+    if tokenizer is not None:
+        tokens = [list(tokenizer.convert_ids_to_tokens(row)) for row in rows_ids]
+    else:
+        tokens = [[str(i) for i in row] for row in rows_ids]
+    return LayerInformation(
+        layers=chosen,
+        tokens=tokens,
+        sigma=grid(estimate.sigma),
+        entropy=grid(estimate.entropy),
+        nats_kept=grid(estimate.information),
+        std_error=grid(estimate.std_error),
+        converged=estimate.converged.reshape(n_sent, n_lay).cpu(),
+        mask=real.cpu(),
+        special=(special if special is not None else torch.zeros_like(real)).cpu(),
+        sigma_max=smax,
+        sigma_max_source=source,
+        rate=float(rate),
+        normaliser={str(k): v for k, v in normaliser.items()},
+        dim=dim,
+    )
