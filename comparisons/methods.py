@@ -3,7 +3,8 @@
 Every method explains the same function of the output of the embedding module for one
 sentence (``model.bert.embeddings`` for BERT, see :class:`~comparisons.text_model.TextModel`):
 a classifier's probability of its predicted class, or — for a hidden state without
-classes — the cosine similarity of the σ_S-normalised state to the sentence's own state.
+classes — the projection of the σ_S-normalised state onto the sentence's own state, 1 at
+the input (:meth:`~comparisons.text_model.TextModel.scalar_forward`).
 Ours explains the state itself (the logits of a classifier by default). Token scores are
 the attributions summed over the embedding dimension.
 

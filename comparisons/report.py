@@ -43,6 +43,8 @@ table.summary { border-collapse: collapse; }
 table.summary th, table.summary td { border: 1px solid #bbb; padding: 0.3em 0.6em; }
 table.summary td { text-align: right; font-variant-numeric: tabular-nums; }
 table.summary td.best { background: #e8f4e8; }
+table.summary td.text { text-align: left; }
+div.wide { overflow-x: auto; }
 th[title] { text-decoration: underline dotted; cursor: help; }
 p.note { color: #666; font-style: italic; }
 img { max-width: 100%; }
@@ -106,7 +108,7 @@ def _header(meta: Mapping[str, Any], title: str) -> str:
         f"<tr><td>{_esc(name)}</td><td>{_esc(m.get('family', '?'))}</td>"
         f"<td>{'signed score' if m.get('signed') else '|score|'}</td>"
         f"<td>{'yes' if m.get('stochastic') else 'no'}</td>"
-        f"<td>{_esc(m.get('description', ''))}</td></tr>"
+        f'<td class="text">{_esc(m.get("description", ""))}</td></tr>'
         for name, m in meta.get("methods", {}).items()
     )
     return (
@@ -155,7 +157,8 @@ def _summary_table(
     )
     return (
         "<h2>Summary</h2>"
-        f'<table class="summary"><tr><th>method</th>{head}</tr>{"".join(body)}</table>'
+        f'<div class="wide"><table class="summary"><tr><th>method</th>{head}</tr>'
+        f"{''.join(body)}</table></div>"
         "<p>Cells: mean over examples [95 % percentile bootstrap interval over examples, "
         f"{BOOTSTRAP_RESAMPLES} resamples, seed {seed}]; NaN values left out. "
         "<b>Bold</b> with ★: the best mean of the column. ↑ higher is better, ↓ lower.</p>"
@@ -204,14 +207,15 @@ def _tradeoff_figure(
         if (m, _SECONDS) in cells and (m, metric) in cells
     ]
     points = [p for p in points if p[1]["mean"] > 0 and math.isfinite(p[2]["mean"])]
+    points = [p for p in points if not p[0].endswith("|abs")]  # the table has those
     if not points:
         return None
     colors = _colors(methods)
     fig, (ax,) = _figure()
     for method, sec, val in points:
         err = [[val["mean"] - val["lo"]], [val["hi"] - val["mean"]]]
-        ax.errorbar(sec["mean"], val["mean"], yerr=err, fmt="o", color=colors[method])
-        ax.annotate(method, (sec["mean"], val["mean"]), xytext=(5, 5), textcoords="offset points")
+        ax.errorbar(sec["mean"], val["mean"], yerr=err, fmt="o", color=colors[method], label=method)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_xscale("log")
     ax.set_xlabel("seconds per example (mean, log scale)")
     ax.set_ylabel(f"{metric} ({better} is better)")
@@ -242,7 +246,7 @@ def _sanity_figure(sanity: list[dict[str, Any]], methods: Sequence[str]) -> Any 
     ax.set_ylabel("Spearman ρ with the original explanation")
     ax.set_xlabel("randomisation stage (weights re-initialised from the top down)")
     ax.set_title("Sanity check (near 0 passes)")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
@@ -268,6 +272,8 @@ def _example_tables(
         for r in rows:
             scores = np.asarray(r["scores"], dtype=float)
             scores = np.where(np.isfinite(scores), scores, 0.0)
+            if r.get("special") is not None:  # never ranked: not coloured, not scaled by
+                scores = np.where(np.asarray(r["special"], dtype=bool), 0.0, scores)
             top = float(np.abs(scores).max()) if scores.size else 0.0
             scaled = scores / top if top > 0 else scores
             prob = r.get("prob")
@@ -352,6 +358,21 @@ def write_report(
     metrics = [m for m in metrics if m != _SECONDS] + [_SECONDS]
     better = {m: v["better"] for m, v in info.items() if "better" in v}
     summary = summarize(results, better, seed=seed)
+    # the floor (e.g. 'random': sensitivity 0, seconds ~0) is a reference, never the best
+    floors = {m for m, v in meta.get("methods", {}).items() if v.get("family") == "floor"}
+    for s in summary:
+        if s["best"] and s["method"] in floors:
+            s["best"] = False
+            rest = [
+                t for t in summary
+                if t["metric"] == s["metric"] and t["method"] not in floors
+                and math.isfinite(t["mean"])
+            ]  # fmt: skip
+            if rest:
+                pick = max if better.get(s["metric"]) == "higher" else min
+                top = pick(t["mean"] for t in rest)
+                for t in rest:
+                    t["best"] = t["best"] or t["mean"] == top
     title = title or f"Attribution methods compared: {meta.get('model')} on {meta.get('data')}"
 
     body = [_header(meta, title), _summary_table(summary, methods, metrics, info, seed)]

@@ -221,6 +221,7 @@ class Study:
                 "text": ex.text,
                 "tokens": ex.tokens,
                 "scores": scores.tolist(),
+                "special": ex.special.tolist(),
                 "label": ex.label,
                 "pred": pred,
                 "prob": prob,
