@@ -158,3 +158,27 @@ def test_negative_compare_n_is_refused_before_any_work(
         main_job.main(["--compare-n", "-1"])
     assert info.value.code == 2
     assert "--compare-n: must be >= 0" in capsys.readouterr().err
+
+
+def test_layer_part_writes_every_layer(encoder: TextModel, tmp_path: Path) -> None:
+    """The paper's analysis of the main job: all layers in one call, saved and drawn."""
+    from captum_perturb import LayerInformation
+
+    where = tmp_path / "model"
+    encoder.model.save_pretrained(str(where))
+    encoder.tokenizer.save_pretrained(str(where))
+    out = tmp_path / "out"
+    args = ["--model", str(where), "--sentence", SENTENCES[0][0], "--corpus-size", "0"]
+    assert main_job.main([*args, "--compare-n", "0", "--out", str(out)]) == 0
+    info = LayerInformation.load(out / "explanation.json")
+    assert info.layers == [0, 1, 2]  # the embedding output and both blocks
+    assert info.normaliser == {
+        "0": "mean square fallback",
+        "1": "mean square fallback",
+        "2": "mean square fallback",
+    }
+    assert info.tokens[0][1:-1] == SENTENCES[0][0].split()
+    assert LayerInformation.load(out / "explanation.csv").layers == [0, 1, 2]
+    page = (out / "explanation.html").read_text(encoding="utf-8")
+    assert all(name in page for name in ("embeddings", "layer 1", "layer 2"))
+    assert (out / "explanation.png").stat().st_size > 0
