@@ -1,4 +1,6 @@
-"""Command line of the harness: ``python -m comparisons {study,report,merge,finetune,methods}``.
+"""Command line of the harness: ``python -m comparisons <command>``.
+
+Commands: study, report, merge, table, finetune, methods, layers.
 
 Examples::
 
@@ -101,6 +103,23 @@ def merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def table(args: argparse.Namespace) -> int:
+    from comparisons.report import degenerate_examples, summary_markdown
+
+    exclude = (
+        degenerate_examples(args.run_dir, args.without_degenerate)
+        if args.without_degenerate
+        else None
+    )
+    if exclude is not None:
+        print(
+            f"left out: {len(exclude)} examples whose '{args.without_degenerate}' "
+            "explanation is all zeros"
+        )
+    print(summary_markdown(args.run_dir, args.metrics.split(","), exclude=exclude), end="")
+    return 0
+
+
 def finetune(args: argparse.Namespace) -> int:
     from comparisons.finetune import main
 
@@ -194,6 +213,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--examples", type=int, default=10, help="examples shown as heatmaps")
     p.set_defaults(func=merge)
+
+    p = sub.add_parser("table", help="print a run's summary as a Markdown table")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument(
+        "--metrics",
+        default="aopc_comprehensiveness/eraser/mask,aopc_sufficiency/eraser/mask,tau_loo/mask,seconds",
+    )
+    p.add_argument(
+        "--without-degenerate",
+        default="",
+        metavar="METHOD",
+        help="leave out the examples this method explains with all-zero scores",
+    )
+    p.set_defaults(func=table)
 
     p = sub.add_parser("finetune", help="train (once) the SST-2 classifier")
     p.add_argument("--recipe", default="full", choices=["full", "small"])

@@ -423,20 +423,35 @@ def write_report(
     return out
 
 
+def degenerate_examples(run_dir: str | Path, method: str) -> set[str]:
+    """Examples whose explanation by ``method`` is all zeros (it ranks nothing)."""
+    return {
+        e["example"]
+        for e in RunStore(run_dir).explanations()
+        if e["method"] == method and not any(abs(float(x)) > 0 for x in e["scores"])
+    }
+
+
 def summary_markdown(
-    run_dir: str | Path, metrics: Sequence[str], *, seed: int = 0, digits: int = 3
+    run_dir: str | Path,
+    metrics: Sequence[str],
+    *,
+    seed: int = 0,
+    digits: int = 3,
+    exclude: set[str] | None = None,
 ) -> str:
     """The summary (mean [95 % interval], n) of chosen metrics as a Markdown table.
 
     For the README and the docs: one row per method, one column per metric, the best
-    mean of each column in bold.
+    mean of each column in bold. ``exclude``: examples left out (for every method).
     """
     store = RunStore(run_dir)
     meta = store.read_meta()
     info = meta.get("metrics", {})
     better = {m: v["better"] for m, v in info.items() if "better" in v}
     better.setdefault(_SECONDS, "lower")
-    summary = summarize(store.results(), better, seed=seed)
+    rows = [r for r in store.results() if not exclude or r["example"] not in exclude]
+    summary = summarize(rows, better, seed=seed)
     cell = {(r["metric"], r["method"]): r for r in summary}
     methods = _ordered(list(meta.get("methods", {})), [r["method"] for r in summary])
     arrows = {"higher": " ↑", "lower": " ↓"}
