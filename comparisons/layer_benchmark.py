@@ -94,18 +94,21 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
         "copies_per_pass": args.copies,
-        "tutorial": compare(model, tok, [TUTORIAL_SENTENCE], std, args.repeats, args.copies),
-        "batch": compare(model, tok, [s for s, _ in sst2_dev(args.batch)], std, 1, args.copies),
     }
-    for name in ("tutorial", "batch"):
-        r = results[name]
+    cases = {
+        "tutorial": ([TUTORIAL_SENTENCE], args.repeats),
+        "batch": ([s for s, _ in sst2_dev(args.batch)], 1),
+    }
+    for name, (sentences, repeats) in cases.items():
+        r = results[name] = compare(model, tok, sentences, std, repeats, args.copies)
         print(
             f"{name} ({r['sentences']} sentence(s), {r['padded_tokens']} tokens): all 7 layers "
             f"{r['seconds_all_layers']:.2f} s, last layer alone {r['seconds_last_layer']:.2f} s "
             f"-> {r['ratio_all_to_last']:.2f}x (7 separate calls: "
             f"{r['ratio_separate_to_last']:.2f}x); last layer joint vs alone: mean |Δlog σ| "
             f"{r['last_layer_mean_abs_dlogsigma_joint_vs_alone']:.4f} (combined SE "
-            f"{r['last_layer_mean_combined_std_error']:.4f})"
+            f"{r['last_layer_mean_combined_std_error']:.4f})",
+            flush=True,
         )
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
