@@ -249,8 +249,9 @@ def explain_layers(
             ``attention_mask``; ``token_type_ids`` and ``special_tokens_mask`` are used
             when present). Padding is never perturbed nor counted.
         layers: which layers, ``0`` = the embedding output (explained by itself: the
-            closed form :math:`\sigma_i = \sigma_S\sqrt{\text{rate}\cdot M/(2 n D)}`-type
-            case of ``method.md``), ``k`` = block ``k``'s output, negatives from the last;
+            closed form :math:`\sigma_i^2 = \text{rate}\cdot M/(2 n \sum_d \sigma_{S,d}^{-2})`
+            for :math:`M` counted elements and :math:`n` perturbed tokens), ``k`` = block
+            ``k``'s output, negatives from the last;
             default all, ``0 … L``.
         state_std: ``{layer: σ_S}`` from :func:`layer_state_std` (recommended: it puts
             all layers on one scale). Missing layers use the reference code's fallback
