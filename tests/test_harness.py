@@ -22,7 +22,6 @@ import json
 import random
 import re
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,24 +30,21 @@ import numpy as np
 import pytest
 import torch
 
-# `comparisons` is a folder of the repository, not an installed package.
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+# `comparisons` is a folder of the repository, importable through pytest's `pythonpath = .`.
 
 pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 pytest.importorskip("IPython")
 
-from transformers import (  # noqa: E402
+from transformers import (
     BertConfig,
     BertForSequenceClassification,
     BertModel,
     BertTokenizer,
 )
 
-from comparisons.__main__ import main  # noqa: E402
-from comparisons.methods import (  # noqa: E402
+from comparisons.__main__ import main
+from comparisons.methods import (
     DEFAULT_METHODS,
     METHODS,
     ExampleInputs,
@@ -58,9 +54,9 @@ from comparisons.methods import (  # noqa: E402
     register,
     token_scores,
 )
-from comparisons.store import RunStore  # noqa: E402
-from comparisons.study import BETTER, Study, StudyConfig, run_study  # noqa: E402
-from comparisons.text_model import Example, TextModel  # noqa: E402
+from comparisons.store import RunStore
+from comparisons.study import BETTER, Study, StudyConfig, run_study
+from comparisons.text_model import Example, TextModel
 
 # Captum warns about gradient requirements and DeepLift's hooks on every call.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -8,25 +8,20 @@ resuming or restarting its run folder, the one-line summary, and the option chec
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
 pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 pytest.importorskip("IPython")
 
-from transformers import BertConfig, BertModel, BertTokenizer  # noqa: E402
+from transformers import BertConfig, BertModel, BertTokenizer
 
-from comparisons import main_job  # noqa: E402
-from comparisons.store import RunStore  # noqa: E402
-from comparisons.text_model import TextModel  # noqa: E402
+from comparisons import main_job
+from comparisons.store import RunStore
+from comparisons.text_model import TextModel
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

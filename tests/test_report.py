@@ -10,19 +10,14 @@ from __future__ import annotations
 import math
 import operator
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-# `comparisons` is a folder of the repository, not an installed package.
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from comparisons.report import write_report  # noqa: E402
-from comparisons.store import RunStore, summarize  # noqa: E402
+# `comparisons` is a folder of the repository, importable through pytest's `pythonpath = .`.
+from comparisons.report import write_report
+from comparisons.store import RunStore, summarize
 
 pytest.importorskip("matplotlib")
 pytest.importorskip("IPython")

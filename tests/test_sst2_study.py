@@ -18,26 +18,21 @@ import html
 import json
 import math
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
 pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 pytest.importorskip("IPython")
 
-from comparisons.finetune import RECIPES, sst2_classifier  # noqa: E402
-from comparisons.methods import DEFAULT_METHODS, METHODS  # noqa: E402
-from comparisons.resources import read_sentences  # noqa: E402
-from comparisons.store import RunStore  # noqa: E402
-from comparisons.study import StudyConfig, run_study  # noqa: E402
-from comparisons.text_model import Example, TextModel  # noqa: E402
+from comparisons.finetune import RECIPES, sst2_classifier
+from comparisons.methods import DEFAULT_METHODS, METHODS
+from comparisons.resources import read_sentences
+from comparisons.store import RunStore
+from comparisons.study import StudyConfig, run_study
+from comparisons.text_model import Example, TextModel
 
 # Captum warns about gradient requirements and DeepLift's hooks on every call.
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
