@@ -3,7 +3,14 @@
 The supported API is what this module exports.
 """
 
-from captum_perturb.config import DEFAULT, HIGH_PRECISION, REFERENCE, AdamConfig, FixedPointConfig
+from captum_perturb.config import (
+    DEFAULT,
+    HIGH_PRECISION,
+    LAYERWISE,
+    REFERENCE,
+    AdamConfig,
+    FixedPointConfig,
+)
 from captum_perturb.layer_information import LayerInformation
 from captum_perturb.layer_perturbation_entropy import LayerPerturbationEntropyAttribution
 from captum_perturb.layerwise import explain_layers, layer_state_std
@@ -17,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT",
     "HIGH_PRECISION",
+    "LAYERWISE",
     "REFERENCE",
     "AdamConfig",
     "FixedPointConfig",

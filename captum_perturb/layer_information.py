@@ -48,6 +48,10 @@ class LayerInformation:
             ``"mean square fallback"``.
         dim: the width :math:`D` of a token's vector.
         meta: free-form labels (model name, sentences) kept by save/load.
+        evaluations: ``(N, L)`` copies of each sentence pushed through the model to
+            explain each layer (the clean pass, the Jacobian projections and the noise
+            draws); a copy explaining block ``k`` runs ``k`` blocks. ``None`` when unknown
+            (files written before it was recorded).
     """
 
     layers: list[int]
@@ -65,6 +69,7 @@ class LayerInformation:
     normaliser: dict[str, str]
     dim: int
     meta: dict[str, Any] = field(default_factory=dict)
+    evaluations: Tensor | None = None
 
     # ------------------------------------------------------------------ tidy data
     def to_rows(self, include_special: bool = True) -> list[dict[str, Any]]:
@@ -146,6 +151,7 @@ class LayerInformation:
             "mask": self.mask.int().tolist(),
             "special": self.special.int().tolist(),
             "converged": self.converged.int().tolist(),
+            "evaluations": None if self.evaluations is None else self.evaluations.tolist(),
         }
         if path.suffix == ".csv":
             with open(path, "w", newline="", encoding="utf-8") as f:
@@ -199,6 +205,11 @@ class LayerInformation:
             normaliser=dict(data["normaliser"]),
             dim=int(data["dim"]),
             meta=dict(data.get("meta", {})),
+            evaluations=(
+                None
+                if data.get("evaluations") is None
+                else torch.tensor(data["evaluations"], dtype=torch.long)
+            ),
             **arrays,
         )
 
@@ -225,4 +236,5 @@ class LayerInformation:
             normaliser=self.normaliser,
             dim=self.dim,
             meta=self.meta,
+            evaluations=None if self.evaluations is None else self.evaluations[idx],
         )

@@ -37,7 +37,7 @@ from captum_perturb._base import make_generator
 from captum_perturb._blocks import staircase, transformer_blocks
 from captum_perturb._hooks import StopForwardError, first_tensor, run_until_captured
 from captum_perturb._model_state import evaluation_mode
-from captum_perturb.config import DEFAULT, EstimatorConfig
+from captum_perturb.config import LAYERWISE, EstimatorConfig
 from captum_perturb.functional.estimate import estimate_sigma
 from captum_perturb.layer_information import LayerInformation
 from captum_perturb.normalizer import state_moments, std_from_moments
@@ -264,7 +264,9 @@ def explain_layers(
         tokenizer: turns ids into token strings for the result, and finds special tokens.
         rate: weight of the entropy term (the reference code's ``rate``).
         sigma_max: σ bound; default 10 × the std of the word-embedding matrix.
-        config: estimator settings (default :data:`~captum_perturb.DEFAULT`).
+        config: estimator settings (default :data:`~captum_perturb.LAYERWISE`: the
+            default estimator with a cap of 100 iterations, which the deep layers need;
+            ``result.converged`` says which estimates met the tolerance).
         seed: seeds all noise (int or generator); ``None`` uses torch's global RNG.
         batch_size: perturbed copies per forward pass (speed/memory only).
         show_progress: a progress bar over the estimator's iterations.
@@ -394,7 +396,7 @@ def explain_layers(
             rate=rate,
             state_std=torch.ones(dim, dtype=dtype, device=device),
             output_mask=out_mask,
-            config=config or DEFAULT,
+            config=config or LAYERWISE,
             generator=make_generator(seed, device),
             batch_size=batch_size,
             show_progress=show_progress,
@@ -426,4 +428,5 @@ def explain_layers(
         rate=float(rate),
         normaliser={str(k): v for k, v in normaliser.items()},
         dim=dim,
+        evaluations=estimate.evaluations.reshape(n_sent, n_lay).cpu(),
     )

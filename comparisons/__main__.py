@@ -163,6 +163,7 @@ def layers(args: argparse.Namespace) -> int:
         layers=chosen,
         seed=args.seed,
         batch_size=args.batch_size,
+        bootstrap=args.bootstrap,
     )
     print(f"wrote {args.out}/index.html and {args.out}/depth_curves.png")
     return 0
@@ -256,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
         "--layers", default="", help="comma-separated layers (default all; 0 = embeddings)"
     )
     p.add_argument("--batch-size", type=int, default=8, help="sentences per explain_layers call")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=2000,
+        help="replicates for intervals over sentences (0: none)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: $OMP_NUM_THREADS)")
     p.add_argument("--out", type=Path, default=Path("outputs/layers"))

@@ -202,6 +202,126 @@ def _contrasts(groups: Sequence[str]) -> list[tuple[str, str]]:
     return [(a, b) for a, b in ((SENTIMENT, OTHER), (CONTENT, STOP)) if a in groups]
 
 
+# ---------------------------------------------------------------------------- uncertainty
+def sentence_sums(
+    info: LayerInformation,
+    groups: Mapping[str, Callable[[str], bool]],
+    *,
+    include_special: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sentence, the nats kept summed over each group's tokens, and how many tokens.
+
+    Summing these over sentences and dividing gives
+    :meth:`~captum_perturb.LayerInformation.mean_by_layer`; resampling sentences gives
+    its uncertainty (:func:`bootstrap_curves`).
+
+    Returns:
+        ``(sums, counts)``, both ``(N, G, L)`` float64 (sentences × groups × layers);
+        tokens without a σ (excluded special tokens) are not counted.
+    """
+    n_sent, n_lay, _ = info.nats_kept.shape
+    values = info.nats_kept.double()
+    sums = torch.zeros(n_sent, len(groups), n_lay, dtype=torch.float64)
+    counts = torch.zeros_like(sums)
+    for g, pick in enumerate(groups.values()):
+        chosen = torch.zeros_like(info.mask)
+        for n, toks in enumerate(info.tokens):
+            for t, tok in enumerate(toks):
+                if bool(info.mask[n, t]) and (include_special or not bool(info.special[n, t])):
+                    chosen[n, t] = bool(pick(tok))
+        ok = chosen[:, None, :] & ~values.isnan()
+        sums[:, g] = torch.where(ok, values, torch.zeros_like(values)).sum(-1)
+        counts[:, g] = ok.sum(-1).double()
+    return sums, counts
+
+
+def _interval(samples: torch.Tensor, level: float) -> torch.Tensor:
+    """Percentile interval over the first dimension: ``(..., 2)`` (NaN if all NaN)."""
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=samples.dtype)
+    return torch.nanquantile(samples, q, dim=0).movedim(0, -1)
+
+
+def bootstrap_curves(
+    infos: Mapping[str, LayerInformation],
+    groups: Mapping[str, Callable[[str], bool]],
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    r"""Percentile bootstrap intervals for the depth curves and the group ratios.
+
+    Sentences are the unit of resampling (the tokens of one sentence are not
+    independent): each of ``n_boot`` replicates draws ``N`` sentences with replacement
+    and recomputes every group's mean over its tokens, :math:`\sum` nats / :math:`\sum`
+    tokens. Models explained on the same sentences share each replicate's draw, so the
+    change of a ratio from the first model to another is a paired comparison.
+
+    Args:
+        infos: ``{model: LayerInformation}``.
+        groups: ``{name: predicate(token)}`` (:func:`token_groups`).
+        n_boot: bootstrap replicates.
+        level: coverage of the intervals.
+        seed: seeds the resampling.
+
+    Returns:
+        ``{"level", "n_boot", "curves": {model: {group: [[lo, hi] per layer]}},
+        "ratios": {model: {"a / b": [[estimate, lo, hi] per layer]}},
+        "ratio_change": {"model − first": {"a / b": [[estimate, lo, hi] per layer]}}}``
+        for the contrasts of :func:`token_groups` (sentiment / other, content / stop);
+        ``ratio_change`` only for models with as many sentences as the first.
+    """
+    if n_boot < 1 or not 0.0 < level < 1.0:
+        raise ValueError("need n_boot >= 1 and 0 < level < 1")
+    names = list(groups)
+    pairs = [(names.index(a), names.index(b), f"{a} / {b}") for a, b in _contrasts(names)]
+    gen = torch.Generator().manual_seed(seed)
+    draws: dict[int, torch.Tensor] = {}
+
+    def weights(n: int) -> torch.Tensor:
+        # how often each sentence is drawn in each replicate; one draw per sample size
+        if n not in draws:
+            idx = torch.randint(n, (n_boot, n), generator=gen)
+            draws[n] = torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(
+                1, idx, torch.ones(n_boot, n, dtype=torch.float64)
+            )
+        return draws[n]
+
+    out: dict[str, Any] = {"level": level, "n_boot": n_boot, "curves": {}, "ratios": {}}
+    ratio_samples: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for model, info in infos.items():
+        sums, counts = sentence_sums(info, groups)
+        w = weights(sums.shape[0])
+        boot = torch.einsum("bn,ngl->bgl", w, sums) / torch.einsum("bn,ngl->bgl", w, counts)
+        point = sums.sum(0) / counts.sum(0)
+        ci = _interval(boot, level)  # (G, L, 2)
+        out["curves"][model] = {g: ci[i].tolist() for i, g in enumerate(names)}
+        est = torch.stack([point[a] / point[b] for a, b, _ in pairs]) if pairs else None
+        smp = torch.stack([boot[:, a] / boot[:, b] for a, b, _ in pairs], 1) if pairs else None
+        if est is not None and smp is not None:
+            rci = _interval(smp, level)
+            out["ratios"][model] = {
+                label: torch.cat([est[j, :, None], rci[j]], -1).tolist()
+                for j, (_, _, label) in enumerate(pairs)
+            }
+            ratio_samples[model] = (est, smp)
+    models = list(ratio_samples)
+    if len(models) > 1:
+        first = models[0]
+        e0, s0 = ratio_samples[first]
+        out["ratio_change"] = {}
+        for model in models[1:]:
+            if infos[model].nats_kept.shape[0] != infos[first].nats_kept.shape[0]:
+                continue
+            e1, s1 = ratio_samples[model]
+            dci = _interval(s1 - s0, level)
+            out["ratio_change"][f"{model} − {first}"] = {
+                label: torch.cat([(e1 - e0)[j, :, None], dci[j]], -1).tolist()
+                for j, (_, _, label) in enumerate(pairs)
+            }
+    return out
+
+
 # ---------------------------------------------------------------------------- merging
 def concat_information(parts: Sequence[LayerInformation]) -> LayerInformation:
     """Sentences of several :class:`~captum_perturb.LayerInformation` (same model) in one.
@@ -215,6 +335,7 @@ def concat_information(parts: Sequence[LayerInformation]) -> LayerInformation:
         if p.layers != first.layers or p.dim != first.dim:
             raise ValueError("parts explain different layers or models")
     width = max(p.mask.shape[1] for p in parts)
+    counted = [p.evaluations for p in parts]
 
     def pad(t: torch.Tensor, value: float | bool) -> torch.Tensor:
         extra = width - t.shape[-1]
@@ -236,6 +357,9 @@ def concat_information(parts: Sequence[LayerInformation]) -> LayerInformation:
         normaliser=dict(first.normaliser),
         dim=first.dim,
         meta=dict(first.meta),
+        evaluations=(
+            None if any(e is None for e in counted) else torch.cat(counted)  # type: ignore[arg-type]
+        ),
         **arrays,
     )
 
@@ -335,8 +459,14 @@ def layers_html(
     return path
 
 
+Intervals = Mapping[str, Mapping[str, Sequence[Sequence[float]]]]
+
+
 def _curves_figure(
-    curves: Mapping[str, Mapping[str, Sequence[float]]], layer_names: Sequence[str], title: str
+    curves: Mapping[str, Mapping[str, Sequence[float]]],
+    layer_names: Sequence[str],
+    title: str,
+    intervals: Intervals | None = None,
 ) -> Any:
     from matplotlib.figure import Figure
 
@@ -344,7 +474,11 @@ def _curves_figure(
     axes = fig.subplots(1, max(len(curves), 1), sharey=True, squeeze=False)[0]
     for ax, (model, groups) in zip(axes, curves.items(), strict=False):
         for group, values in groups.items():
-            ax.plot(range(len(values)), list(values), marker="o", label=group)
+            (line,) = ax.plot(range(len(values)), list(values), marker="o", label=group)
+            band = (intervals or {}).get(model, {}).get(group)
+            if band is not None:
+                lo, hi = zip(*band, strict=True)
+                ax.fill_between(range(len(band)), lo, hi, color=line.get_color(), alpha=0.2)
         n = max((len(v) for v in groups.values()), default=0)
         ax.set_xticks(range(n), list(layer_names)[:n], rotation=45, ha="right")
         ax.set_title(model)
@@ -361,14 +495,17 @@ def depth_curves(
     layer_names: Sequence[str],
     path: str | Path,
     title: str,
+    intervals: Intervals | None = None,
 ) -> Path:
     """Information kept vs depth: one panel per model (shared y), one line per group.
 
     Args:
         curves: ``{model: {group: [mean nats kept, one per layer]}}``.
         layer_names: the x tick labels (``LayerInformation.layer_names()``).
+        intervals: ``{model: {group: [[lo, hi], one per layer]}}`` drawn as shaded bands
+            (``bootstrap_curves(...)["curves"]``).
     """
-    return _save(_curves_figure(curves, layer_names, title), path)
+    return _save(_curves_figure(curves, layer_names, title, intervals), path)
 
 
 # ---------------------------------------------------------------------------- the study
@@ -416,6 +553,7 @@ def run_layers(
     cache_dir: str | Path | None = None,
     show_progress: bool = True,
     lexicon: Mapping[str, float] | None = None,
+    bootstrap: int = 2000,
 ) -> dict[str, dict[str, list[float]]]:
     """Explain every layer of every model on ``sentences``; write the tables and pictures.
 
@@ -435,6 +573,9 @@ def run_layers(
         cache_dir: σ_S cache (default ``<cache root>/layer_std``).
         show_progress: a progress bar over chunks.
         lexicon: ``{word: valence}`` instead of :func:`vader_lexicon`.
+        bootstrap: replicates of :func:`bootstrap_curves` for 95 % intervals over
+            sentences (bands in the figure, intervals in ``curves.json`` and the page);
+            ``0`` or a single sentence: none.
 
     Returns:
         ``{model: {group: [mean nats kept per token, one per layer]}}`` over all sentences,
@@ -475,7 +616,13 @@ def run_layers(
         infos[name] = info
     names = next(iter(infos.values())).layer_names()
     title = "Information kept vs depth"
-    depth_curves(curves, names, out / "depth_curves.png", title)
+    boot = (
+        bootstrap_curves(infos, predicates, n_boot=bootstrap, seed=seed)
+        if bootstrap > 0 and len(sentences) > 1
+        else None
+    )
+    bands = None if boot is None else boot["curves"]
+    depth_curves(curves, names, out / "depth_curves.png", title, bands)
     summary = {
         "curves": curves,
         "layer_names": names,
@@ -484,6 +631,7 @@ def run_layers(
         "sentences": len(sentences),
         "corpus_size": len(corpus or []),
         "seconds": seconds,
+        "bootstrap": boot,
     }
     (out / "curves.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     _index(out / "index.html", infos, curves, predicates, summary)
@@ -541,7 +689,16 @@ def _index(
             "|mean valence| ≥ 1, word pieces matched without ##/Ġ/▁ markers; a proxy that "
             "ignores negation and context.</p>"
         )
-    parts.append(f"<h2>Information vs depth</h2>{_png_tag(_curves_figure(curves, names, ''), '')}")
+    boot = summary.get("bootstrap")
+    bands = None if boot is None else boot["curves"]
+    figure = _png_tag(_curves_figure(curves, names, "", bands), "")
+    parts.append(f"<h2>Information vs depth</h2>{figure}")
+    if boot is not None:
+        parts.append(
+            f"<p>Bands and brackets: {100 * boot['level']:.0f} % percentile bootstrap "
+            f"intervals over sentences ({boot['n_boot']} replicates; models on the same "
+            "sentences resampled together).</p>"
+        )
     parts.append("<h2>Per sentence</h2>")
     for n in range(n_shown):
         cells = "".join(
@@ -564,14 +721,23 @@ def _index(
     )
     pairs = _contrasts(groups)
     if pairs:
-        head = "".join(f"<th>{esc(m)}: {esc(a)} / {esc(b)}</th>" for m in infos for a, b in pairs)
+        ratios = {} if boot is None else boot["ratios"]
+        changes = {} if boot is None else boot.get("ratio_change", {})
+        columns = [(m, f"{a} / {b}") for m in infos for a, b in pairs]
+        columns += [(c, f"{a} / {b}") for c in changes for a, b in pairs]
+        head = "".join(f"<th>{esc(m)}: {esc(label)}</th>" for m, label in columns)
+
+        def cell(m: str, label: str, j: int) -> str:
+            got = (ratios.get(m) or changes.get(m) or {}).get(label)
+            if got is not None:
+                est, lo, hi = got[j]
+                return f"{est:.3f} [{lo:.3f}, {hi:.3f}]"
+            a, b = label.split(" / ")
+            return _ratio(curves[m][a][j], curves[m][b][j])
+
         body = "".join(
             f"<tr><th>{esc(layer)}</th>"
-            + "".join(
-                f"<td>{_ratio(curves[m][a][j], curves[m][b][j])}</td>"
-                for m in infos
-                for a, b in pairs
-            )
+            + "".join(f"<td>{cell(m, label, j)}</td>" for m, label in columns)
             + "</tr>"
             for j, layer in enumerate(names)
         )

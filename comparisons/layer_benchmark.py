@@ -4,9 +4,12 @@ Explaining the embedding output and all 6 blocks of the packaged MiniLM (7 layer
 :func:`captum_perturb.explain_layers` is timed against explaining the last layer alone
 (the same function with ``layers=[6]``) and against 7 separate single-layer calls, in one
 process, on the tutorial sentence and on a padded batch of SST-2 dev sentences. σ_S of
-every layer comes from 100 other dev sentences. Prints the ratios and writes them as JSON::
+every layer comes from 100 other dev sentences. Also reports the model evaluations each
+layer needed and the transformer blocks run (a copy explaining layer ``k`` runs ``k``
+blocks): the cost with perfect batching, against which the seconds can be read. Prints
+the ratios and writes them as JSON::
 
-    python -m comparisons.layer_benchmark --out docs/layer_benchmark.json
+    python -m comparisons.layer_benchmark --repeats 5 --batch 32 --out docs/layer_benchmark.json
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 import torch
 
-from captum_perturb import LayerInformation, explain_layers, layer_state_std
+from captum_perturb import LAYERWISE, LayerInformation, explain_layers, layer_state_std
 from comparisons.resources import TUTORIAL_SENTENCE, load_encoder, sst2_dev
 
 
@@ -35,6 +38,24 @@ def _timed(fn: Callable[[], LayerInformation], repeats: int) -> tuple[float, Lay
         best = min(best, time.perf_counter() - start)
     assert out is not None
     return best, out
+
+
+def _per_layer(info: LayerInformation) -> dict[str, float]:
+    """Mean model evaluations per sentence, per explained layer."""
+    assert info.evaluations is not None
+    means = info.evaluations.double().mean(0).tolist()
+    return {str(k): m for k, m in zip(info.layers, means, strict=True)}
+
+
+def _block_evaluations(info: LayerInformation) -> int:
+    """Transformer blocks run in total: a copy explaining layer ``k`` runs ``k`` blocks.
+
+    The cost of the call with perfect batching and no overhead: the floor that no
+    batching or staircase can beat once the draws are fixed.
+    """
+    assert info.evaluations is not None
+    depth = torch.tensor(info.layers, dtype=torch.long)
+    return int((info.evaluations * depth).sum())
 
 
 def compare(
@@ -59,6 +80,7 @@ def compare(
         start = time.perf_counter()
         run([k], 2)
         t_sep += time.perf_counter() - start
+    cost = _block_evaluations(info)
     mask = info.mask.unsqueeze(1)
     d = (info.sigma[:, -1:].log() - last.sigma.log()).abs()[mask]
     se = torch.sqrt(info.std_error[:, -1:].square() + last.std_error.square())[mask]
@@ -71,6 +93,11 @@ def compare(
         "ratio_all_to_last": t_all / t_last,
         "ratio_separate_to_last": t_sep / t_last,
         "converged_all": float(info.converged.float().mean()),
+        "evaluations_per_sentence_by_layer": _per_layer(info),
+        "evaluations_per_sentence_last_alone": _per_layer(last)[str(n_layers)],
+        "block_evaluations_all_layers": cost,
+        "block_evaluations_last_layer": _block_evaluations(last),
+        "ratio_block_evaluations": cost / _block_evaluations(last),
         "last_layer_mean_abs_dlogsigma_joint_vs_alone": float(d.mean()),
         "last_layer_mean_combined_std_error": float(se.mean()),
     }
@@ -94,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
         "copies_per_pass": args.copies,
+        "estimator": repr(LAYERWISE),
     }
     cases = {
         "tutorial": ([TUTORIAL_SENTENCE], args.repeats),
@@ -108,6 +136,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['ratio_separate_to_last']:.2f}x); last layer joint vs alone: mean |Δlog σ| "
             f"{r['last_layer_mean_abs_dlogsigma_joint_vs_alone']:.4f} (combined SE "
             f"{r['last_layer_mean_combined_std_error']:.4f})",
+            flush=True,
+        )
+        per = ", ".join(f"{k}: {v:.0f}" for k, v in r["evaluations_per_sentence_by_layer"].items())
+        print(
+            f"  evaluations per sentence by layer ({per}; last layer alone: "
+            f"{r['evaluations_per_sentence_last_alone']:.0f}); blocks run: all layers "
+            f"{r['block_evaluations_all_layers']}, last layer alone "
+            f"{r['block_evaluations_last_layer']} -> {r['ratio_block_evaluations']:.2f}x",
             flush=True,
         )
     if args.out:

@@ -304,6 +304,36 @@ def test_reference_config_short_run() -> None:
     assert bool(torch.isfinite(est.loss).all())
 
 
+def test_evaluations_are_counted_per_example() -> None:
+    # example 0 ignores its input (every σ starts and stays at σ_max: converged at
+    # min_iter); example 1 runs on to a tight tolerance. Each example pays the clean pass,
+    # its projections and n_samples draws per iteration it took part in.
+    P, S = 4, 3
+    cfg = FixedPointConfig(
+        n_projections=P, n_samples=S, tol=1e-3, max_iter=20, min_iter=2, control_variate="never"
+    )
+    W = torch.stack([torch.zeros(3), torch.tensor([1.0, 2.0, 4.0])])
+
+    def phi(inp: tuple[Tensor, ...], rows: Tensor) -> Tensor:
+        return torch.einsum("ri,rid->rd", W[rows], inp[0])
+
+    gen = torch.Generator().manual_seed(0)
+    est = estimate_sigma(
+        phi,
+        (torch.randn(2, 3, 8, generator=gen),),
+        word_groups(2, 3, 8),
+        sigma_max=10.0,
+        state_std=torch.ones(8),
+        config=cfg,
+        generator=gen,
+    )
+    assert est.n_iter > cfg.min_iter
+    assert est.evaluations.tolist() == [1 + P + S * cfg.min_iter, 1 + P + S * est.n_iter]
+    assert est.n_evaluations == int(est.evaluations.sum())
+    adam = run_weighted_sum(W[1], 8, seed=0, batch=2, config=replace(REFERENCE, steps=30))
+    assert adam.evaluations.tolist() == [1 + 30, 1 + 30]  # random start: no projections
+
+
 # --- estimate_state_std ------------------------------------------------------------
 
 

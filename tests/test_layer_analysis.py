@@ -8,6 +8,7 @@ staircase pass must cut the attention mask that BERT hands unchanged to every bl
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -187,6 +188,10 @@ def test_concat_pads_and_keeps_every_sentence(tokenizer: Any) -> None:
     torch.testing.assert_close(both.nats_kept[1:], parts[1].nats_kept, equal_nan=True)
     short = parts[0].nats_kept.shape[-1]
     assert torch.isnan(both.nats_kept[0, :, short:]).all()
+    assert both.evaluations is not None and parts[1].evaluations is not None
+    assert torch.equal(both.evaluations[1:], parts[1].evaluations)
+    unknown = dataclasses.replace(parts[0], evaluations=None)
+    assert la.concat_information([unknown, parts[1]]).evaluations is None
 
 
 @pytest.mark.parametrize("suffix", [".png", ".svg"])
@@ -234,6 +239,94 @@ def test_depth_curves_writes_png(tmp_path: Path) -> None:
     assert path.read_bytes().startswith(b"\x89PNG")
 
 
+# ---------------------------------------------------------------------------- uncertainty
+def _values_info(values: torch.Tensor, tokens: list[list[str]]) -> LayerInformation:
+    """A result whose nats kept are ``values`` (N, L, T); every position real, none special."""
+    n, n_lay, t = values.shape
+    return LayerInformation(
+        layers=list(range(n_lay)),
+        tokens=tokens,
+        sigma=torch.ones(n, n_lay, t),
+        entropy=torch.zeros(n, n_lay, t),
+        nats_kept=values,
+        std_error=torch.zeros(n, n_lay, t),
+        converged=torch.ones(n, n_lay, dtype=torch.bool),
+        mask=torch.ones(n, t, dtype=torch.bool),
+        special=torch.zeros(n, t, dtype=torch.bool),
+        sigma_max=1.0,
+        sigma_max_source="given",
+        rate=0.1,
+        normaliser={str(k): "state_std" for k in range(n_lay)},
+        dim=4,
+    )
+
+
+def test_sentence_sums_add_up_to_mean_by_layer(info: LayerInformation) -> None:
+    groups = la.token_groups("both", LEXICON)
+    sums, counts = la.sentence_sums(info, groups)
+    assert sums.shape == counts.shape == (2, len(groups), len(info.layers))
+    means = info.mean_by_layer(groups)
+    for g, name in enumerate(groups):
+        pooled = (sums[:, g].sum(0) / counts[:, g].sum(0)).tolist()
+        assert pooled == pytest.approx(means[name], nan_ok=True)
+
+
+def test_bootstrap_interval_of_a_mean_matches_normal_theory() -> None:
+    # one token per sentence: the bootstrap distribution of the mean has sd s/sqrt(N)
+    # (s with 1/N); with N = 400 it is normal to within a few thousandths of an sd, and
+    # a percentile from B = 4000 replicates has a Monte-Carlo sd of
+    # sqrt(p(1-p)/B)/phi(1.96) = 0.042 bootstrap sds: 0.25 sd is a 6-sigma tolerance.
+    gen = torch.Generator().manual_seed(0)
+    values = 100.0 + 10.0 * torch.randn(400, 1, 1, generator=gen, dtype=torch.float64)
+    info = _values_info(values.float(), [["good"]] * 400)
+    got = la.bootstrap_curves({"m": info}, {"all": lambda t: True}, n_boot=4000, seed=1)
+    lo, hi = got["curves"]["m"]["all"][0]
+    v = values.flatten().float().double()
+    sd = float(v.std(unbiased=False)) / 400**0.5
+    mean = float(v.mean())
+    assert abs(lo - (mean - 1.96 * sd)) < 0.25 * sd
+    assert abs(hi - (mean + 1.96 * sd)) < 0.25 * sd
+    assert got["level"] == 0.95 and got["n_boot"] == 4000 and got["ratios"] == {}
+
+
+def test_bootstrap_ratio_of_proportional_groups_is_exact() -> None:
+    # every sentence: the sentiment word keeps exactly twice what the other word keeps,
+    # so every replicate's ratio is 2 and the interval collapses onto it
+    gen = torch.Generator().manual_seed(0)
+    other = 50.0 + 10.0 * torch.rand(30, 2, 1, generator=gen)
+    values = torch.cat([2.0 * other, other], dim=-1)
+    info = _values_info(values, [["good", "film"]] * 30)
+    groups = la.token_groups("sentiment", LEXICON)
+    got = la.bootstrap_curves({"m": info}, groups, n_boot=200)
+    (label,) = got["ratios"]["m"]
+    assert label == f"{la.SENTIMENT} / {la.OTHER}"
+    for est, lo, hi in got["ratios"]["m"][label]:
+        assert est == pytest.approx(2.0) and lo == pytest.approx(2.0) and hi == pytest.approx(2.0)
+
+
+def test_bootstrap_pairs_models_on_the_same_sentences() -> None:
+    gen = torch.Generator().manual_seed(0)
+    values = 50.0 + 10.0 * torch.rand(20, 3, 2, generator=gen)
+    tokens = [["good", "film"]] * 20
+    same = la.bootstrap_curves(
+        {"a": _values_info(values, tokens), "b": _values_info(values.clone(), tokens)},
+        la.token_groups("sentiment", LEXICON),
+        n_boot=300,
+    )
+    assert same["curves"]["a"] == same["curves"]["b"]
+    (change,) = same["ratio_change"].values()
+    assert all(x == 0.0 for per_layer in change.values() for row in per_layer for x in row)
+    # a model explained on other sentences is not paired with the first
+    fewer = la.bootstrap_curves(
+        {"a": _values_info(values, tokens), "b": _values_info(values[:5], tokens[:5])},
+        la.token_groups("sentiment", LEXICON),
+        n_boot=300,
+    )
+    assert fewer["ratio_change"] == {}
+    with pytest.raises(ValueError, match="n_boot"):
+        la.bootstrap_curves({"a": _values_info(values, tokens)}, {}, n_boot=0)
+
+
 # ---------------------------------------------------------------------------- the study
 def test_run_layers_two_models_writes_everything(
     tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -265,11 +358,18 @@ def test_run_layers_two_models_writes_everything(
         assert page.count("<tr><td") == 3 * 4
     assert list((tmp_path / "std").glob("layer-std-*.pt"))
     assert (out / "depth_curves.png").read_bytes().startswith(b"\x89PNG")
-    assert json.loads((out / "curves.json").read_text())["curves"] == curves
+    summary = json.loads((out / "curves.json").read_text())
+    assert summary["curves"] == curves
+    boot = summary["bootstrap"]
+    for model, groups in curves.items():
+        for group, values in groups.items():
+            for (lo, hi), v in zip(boot["curves"][model][group], values, strict=True):
+                assert lo - 1e-9 <= v <= hi + 1e-9
+    assert set(boot["ratio_change"]) == {"tuned/cls − base"}
     index = (out / "index.html").read_text()
     assert "base" in index and "tuned/cls" in index
     assert index.count("data:image/png;base64,") == 1 + 2 * 3  # curves + 2 models × 3
-    assert "fallback" not in index
+    assert "fallback" not in index and "bootstrap intervals over sentences" in index
     assert not re.search(r"(src|href)=[\"']?(https?:)?//", index)
 
 

@@ -244,6 +244,9 @@ def assert_identical(a: LayerInformation, b: LayerInformation) -> None:
         b.dim,
     )
     assert a.normaliser == b.normaliser and a.meta == b.meta
+    assert (a.evaluations is None) == (b.evaluations is None)
+    if a.evaluations is not None and b.evaluations is not None:
+        assert torch.equal(a.evaluations, b.evaluations)
 
 
 def assert_closed_form(info: LayerInformation, j: int, closed: Tensor, config: str) -> None:
@@ -531,9 +534,15 @@ def test_layer_alone_agrees_with_all_layers(bert_setup: Any) -> None:
     model, std, ids, mask = bert_setup
     enc = {"input_ids": ids, "attention_mask": mask}
     every = explain_layers(model, enc, state_std=std, seed=0)
+    # per sentence × layer: the clean pass, 8 projections, 16 draws per iteration (at
+    # least min_iter = 2 of them)
+    assert every.evaluations is not None and every.evaluations.shape == (len(LENGTHS), 4)
+    assert bool(((every.evaluations - 9) % 16 == 0).all())
+    assert bool((every.evaluations >= 9 + 2 * 16).all())
     for k in (0, 1, 2, 3):
         alone = explain_layers(model, enc, layers=[k], state_std=std, seed=20 + k)
         assert alone.layers == [k]
+        assert alone.evaluations is not None and alone.evaluations.shape == (len(LENGTHS), 1)
         for i, n in enumerate(LENGTHS):
             assert_agree(every, i, alone, i, n)
     # negative layers count from the last
@@ -741,6 +750,7 @@ def synthetic_info() -> LayerInformation:
         normaliser={"0": "state_std", "3": "mean square fallback"},
         dim=4,
         meta={"model": "toy", "sentences": ["a b a", "b"]},
+        evaluations=torch.tensor([[41, 57], [41, 89]]),
     )
 
 
@@ -796,6 +806,12 @@ def test_save_load_round_trip(tmp_path: Path, suffix: str) -> None:
     else:
         json.loads(path.read_text(encoding="utf-8"))  # readable by Python's json
     assert_identical(LayerInformation.load(path), info)
+    # files written before evaluations were recorded still load
+    meta = path if suffix == ".json" else tmp_path / "result.meta.json"
+    data = json.loads(meta.read_text(encoding="utf-8"))
+    del data["evaluations"]
+    meta.write_text(json.dumps(data), encoding="utf-8")
+    assert LayerInformation.load(path).evaluations is None
 
 
 def test_save_load_reject_other_suffixes(tmp_path: Path) -> None:
@@ -809,7 +825,16 @@ def test_select_sentences() -> None:
     info = synthetic_info()
     one = info.select([1])
     assert one.tokens == [info.tokens[1]] and one.layers == info.layers
-    for name in ("sigma", "entropy", "nats_kept", "std_error", "converged", "mask", "special"):
+    for name in (
+        "sigma",
+        "entropy",
+        "nats_kept",
+        "std_error",
+        "converged",
+        "mask",
+        "special",
+        "evaluations",
+    ):
         torch.testing.assert_close(
             getattr(one, name), getattr(info, name)[1:2], rtol=0, atol=0, equal_nan=True
         )

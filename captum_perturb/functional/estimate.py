@@ -211,7 +211,7 @@ def estimate_sigma(
         smax,
         batch_size,
     )
-    prob.evaluations = batch
+    prob.count(everyone)  # the clean pass
     if isinstance(config, FixedPointConfig):
         total = config.max_iter
     elif isinstance(config, AdamConfig):

@@ -37,7 +37,10 @@ class SigmaEstimate:
         converged: ``(B,)`` whether the stopping rule was met (Adam: always ``True``
             once all steps ran).
         n_iter: refinement iterations (fixed point) or optimisation steps (Adam) run.
-        n_evaluations: perturbed copies pushed through the model in total.
+        n_evaluations: copies pushed through the model in total (the clean pass, the
+            Jacobian projections and every noise draw).
+        evaluations: ``(B,)`` the same count per example, so that the cost of examples
+            that stop at different iterations can be compared.
     """
 
     log_sigma: Tensor
@@ -50,6 +53,7 @@ class SigmaEstimate:
     converged: Tensor
     n_iter: int
     n_evaluations: int
+    evaluations: Tensor
 
     @property
     def sigma(self) -> Tensor:
@@ -112,7 +116,12 @@ class Problem:
         # dR/dlog σ_g = c_g (for equal groups of K elements c_g = rate / n)
         self.coef = rate * self.sizes / total
         self.present = self.sizes > 0
-        self.evaluations = 0
+        #: copies pushed through ``state_fn`` per example
+        self.evaluations = torch.zeros(inputs[0].shape[0], dtype=torch.long, device=state.device)
+
+    def count(self, rows: Tensor) -> None:
+        """Record one evaluation of each row's example."""
+        self.evaluations.index_add_(0, rows, torch.ones_like(rows))
 
     @property
     def batch(self) -> int:
@@ -123,7 +132,7 @@ class Problem:
         out = self.state_fn(perturbed, rows)
         check_finite(out, "The model output on perturbed inputs")
         diff = out - self.state[rows]
-        self.evaluations += len(rows)
+        self.count(rows)
         return (self.weight[rows] * diff.square()).reshape(len(rows), -1).sum(1)
 
     def jacobian_norms(
@@ -167,7 +176,7 @@ class Problem:
                     "The explained state changes between two identical forward passes: the "
                     "model is stochastic (dropout in train mode?). Call model.eval() first."
                 )
-            self.evaluations += len(r)
+            self.count(r)
             sq = tuple(
                 torch.zeros_like(x) if g is None else g.square()
                 for g, x in zip(grads, leaf, strict=True)
@@ -266,5 +275,6 @@ class Problem:
             reconstruction=reconstruction,
             converged=converged,
             n_iter=n_iter,
-            n_evaluations=self.evaluations,
+            n_evaluations=int(self.evaluations.sum()),
+            evaluations=self.evaluations,
         )
