@@ -99,6 +99,16 @@ class LayerInformation:
                     )
         return rows
 
+    def token_mask(self, pick: Callable[[str], bool], *, include_special: bool = False) -> Tensor:
+        """``(N, T)`` True at the real tokens ``pick(token)`` selects (special ones only
+        with ``include_special``)."""
+        chosen = torch.zeros_like(self.mask)
+        for n, toks in enumerate(self.tokens):
+            for t, tok in enumerate(toks):
+                if bool(self.mask[n, t]) and (include_special or not bool(self.special[n, t])):
+                    chosen[n, t] = bool(pick(tok))
+        return chosen
+
     def mean_by_layer(
         self,
         groups: Mapping[str, Callable[[str], bool]] | None = None,
@@ -121,11 +131,7 @@ class LayerInformation:
         out: dict[str, list[float]] = {}
         scale = 1.0 / self.dim if per_dimension else 1.0
         for name, pick in groups.items():
-            chosen = torch.zeros_like(self.mask)
-            for n, toks in enumerate(self.tokens):
-                for t, tok in enumerate(toks):
-                    if bool(self.mask[n, t]) and (include_special or not bool(self.special[n, t])):
-                        chosen[n, t] = bool(pick(tok))
+            chosen = self.token_mask(pick, include_special=include_special)
             values = []
             for j in range(len(self.layers)):
                 v = self.nats_kept[:, j][chosen]

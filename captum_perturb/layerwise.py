@@ -314,11 +314,9 @@ def explain_layers(
     device = ids.device
     with evaluation_mode([model]):
         with torch.no_grad():
-            clean = _layer_states(model, blocks, chosen, ids, mask, side)
-        x0 = clean.get(0)
-        if x0 is None:
-            with torch.no_grad():
-                x0 = _layer_states(model, blocks, [0], ids, mask, side)[0]
+            # the embedding output (where the noise goes) comes with every pass
+            clean = _layer_states(model, blocks, sorted({0, *chosen}), ids, mask, side)
+        x0 = clean[0]
         dim = x0.shape[-1]
         dtype = x0.dtype
         # one "example" of the estimator per sentence × layer

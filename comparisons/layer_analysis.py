@@ -224,11 +224,7 @@ def sentence_sums(
     sums = torch.zeros(n_sent, len(groups), n_lay, dtype=torch.float64)
     counts = torch.zeros_like(sums)
     for g, pick in enumerate(groups.values()):
-        chosen = torch.zeros_like(info.mask)
-        for n, toks in enumerate(info.tokens):
-            for t, tok in enumerate(toks):
-                if bool(info.mask[n, t]) and (include_special or not bool(info.special[n, t])):
-                    chosen[n, t] = bool(pick(tok))
+        chosen = info.token_mask(pick, include_special=include_special)
         ok = chosen[:, None, :] & ~values.isnan()
         sums[:, g] = torch.where(ok, values, torch.zeros_like(values)).sum(-1)
         counts[:, g] = ok.sum(-1).double()
@@ -296,9 +292,9 @@ def bootstrap_curves(
         point = sums.sum(0) / counts.sum(0)
         ci = _interval(boot, level)  # (G, L, 2)
         out["curves"][model] = {g: ci[i].tolist() for i, g in enumerate(names)}
-        est = torch.stack([point[a] / point[b] for a, b, _ in pairs]) if pairs else None
-        smp = torch.stack([boot[:, a] / boot[:, b] for a, b, _ in pairs], 1) if pairs else None
-        if est is not None and smp is not None:
+        if pairs:
+            est = torch.stack([point[a] / point[b] for a, b, _ in pairs])
+            smp = torch.stack([boot[:, a] / boot[:, b] for a, b, _ in pairs], 1)
             rci = _interval(smp, level)
             out["ratios"][model] = {
                 label: torch.cat([est[j, :, None], rci[j]], -1).tolist()
@@ -335,7 +331,7 @@ def concat_information(parts: Sequence[LayerInformation]) -> LayerInformation:
         if p.layers != first.layers or p.dim != first.dim:
             raise ValueError("parts explain different layers or models")
     width = max(p.mask.shape[1] for p in parts)
-    counted = [p.evaluations for p in parts]
+    counted = [p.evaluations for p in parts if p.evaluations is not None]
 
     def pad(t: torch.Tensor, value: float | bool) -> torch.Tensor:
         extra = width - t.shape[-1]
@@ -357,9 +353,7 @@ def concat_information(parts: Sequence[LayerInformation]) -> LayerInformation:
         normaliser=dict(first.normaliser),
         dim=first.dim,
         meta=dict(first.meta),
-        evaluations=(
-            None if any(e is None for e in counted) else torch.cat(counted)  # type: ignore[arg-type]
-        ),
+        evaluations=torch.cat(counted) if len(counted) == len(parts) else None,
         **arrays,
     )
 
@@ -770,12 +764,7 @@ def _ratio(a: float, b: float) -> str:
 
 
 def _count(info: LayerInformation, pick: Callable[[str], bool]) -> int:
-    return sum(
-        1
-        for n, toks in enumerate(info.tokens)
-        for t, tok in enumerate(toks)
-        if bool(info.mask[n, t]) and not bool(info.special[n, t]) and pick(tok)
-    )
+    return int(info.token_mask(pick).sum())
 
 
 # ---------------------------------------------------------------------------- CLI helpers

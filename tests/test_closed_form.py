@@ -34,18 +34,13 @@ from dataclasses import replace
 
 import pytest
 import torch
+from contract import EXACT, PRECISE
 from torch import Tensor
 
 from captum_perturb import DEFAULT, REFERENCE, AdamConfig, FixedPointConfig, estimate_state_std
 from captum_perturb.functional import SigmaEstimate, estimate_sigma, state_weights
 
 RTOL = 0.02  # the accuracy target (module docstring)
-PRECISE = FixedPointConfig(tol=0.005, max_iter=400)  # the stopping rule it needs
-# With at least as many projections as state elements the first-order start uses the
-# standard basis, so the Jacobian norms are exact; for a linear state the control variate
-# ("auto" keeps it there) then makes every draw exact, and so is σ. Used where the
-# blocks J_g have low rank (down to 1), whose plain Monte-Carlo error per draw is large.
-EXACT = FixedPointConfig(n_projections=100_000)
 # |log(σ_i/σ_i*)| ≤ log(1.02) for every word, so a log-difference of two words is off
 # by at most 2·log(1.02) ≈ 0.0396.
 LOG_ATOL = 2 * math.log1p(RTOL)

@@ -65,6 +65,8 @@ from typing import Any
 import pytest
 import torch
 from contract import (
+    EXACT,
+    PRECISE,
     ROUND_OFF,
     SE_FACTOR,
     LayerBoomError,
@@ -93,8 +95,6 @@ transformers = pytest.importorskip("transformers")
 HIDDEN = 32
 LENGTHS = (7, 5, 3)
 RATE = 0.1
-PRECISE = FixedPointConfig(tol=0.005, max_iter=400)  # as in test_closed_form.py
-EXACT = FixedPointConfig(n_projections=100_000)
 EXACT_RTOL = 1e-6  # float64 round-off (module docstring)
 
 
