@@ -14,12 +14,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from captum_perturb._checks import check_devices, check_rate, match_attention_mask
 from captum_perturb._compat import (
     format_additional_forward_args,
     format_output,
     select_targets,
     target_rows,
 )
+from captum_perturb._diagnostics import score_of, warn_if_needed
 from captum_perturb._features import FeatureMask, dense_groups, raw_feature_ids
 from captum_perturb._hooks import capture, run_until_captured
 from captum_perturb._model_state import evaluation_mode, modules_of
@@ -94,12 +96,17 @@ def check_batch(inputs: tuple[Any, ...], args: tuple[Any, ...] | None) -> int:
     """The common batch size of the inputs and the tensor side inputs.
 
     Raises:
-        ValueError: when they differ.
+        ValueError: when they differ, or when the batch is empty.
     """
     sizes = [x.shape[0] for x in inputs if isinstance(x, Tensor) and x.dim() > 0]
     if not sizes:
         raise ValueError("inputs must hold at least one tensor with a batch dimension (dim 0)")
     batch = sizes[0]
+    if batch == 0:
+        raise ValueError(
+            "the batch is empty: the inputs have 0 examples along dim 0 (the batch "
+            "dimension); pass at least one example"
+        )
     for i, x in enumerate(inputs):
         if isinstance(x, Tensor) and (x.dim() == 0 or x.shape[0] != batch):
             raise ValueError(
@@ -132,14 +139,28 @@ def padding_keep(
     return tuple(keep)
 
 
+def embedding_sigma_max(weight: Tensor) -> float:
+    """The default σ_max for noise on embeddings: 10 × the std of the word-embedding matrix
+    (the authors' recommendation). The one place this rule lives.
+
+    Args:
+        weight: ``(V, D)`` the word-embedding matrix (any dtype, any device).
+
+    Returns:
+        ``10 * std`` over all its elements (float32 reduction), as a Python float.
+    """
+    return 10.0 * float(weight.detach().float().std())
+
+
 def default_sigma_max(site: Site, keep: tuple[Tensor | None, ...]) -> tuple[Tensor, str]:
     """10 × the std of the word embeddings when noise goes on an embedding layer (the
-    authors' recommendation), else 10 × the std of each example's perturbed values."""
+    authors' recommendation, :func:`embedding_sigma_max`), else 10 × the std of each
+    example's perturbed values."""
     ref = site.values[0]
     batch = ref.shape[0]
     if site.embedding is not None:
-        value = 10.0 * site.embedding.detach().float().std()
-        return value.to(ref.dtype).to(ref.device).expand(batch).clone(), "word embeddings"
+        value = torch.tensor(embedding_sigma_max(site.embedding), dtype=ref.dtype)
+        return value.to(ref.device).expand(batch).clone(), "word embeddings"
     total = torch.zeros(batch, dtype=ref.dtype, device=ref.device)
     total_sq = torch.zeros_like(total)
     count = torch.zeros_like(total)
@@ -177,18 +198,20 @@ def explain(
     internal_batch_size: int | None,
     show_progress: bool,
     desc: str,
+    score: str = "channel",
 ) -> PerturbationEntropyResult:
     """The shared body of ``explain``/``attribute`` for both classes."""
     tuple_inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     args = format_additional_forward_args(additional_forward_args)
     batch = check_batch(tuple_inputs, args)
-    if attention_mask is not None and (
-        attention_mask.dim() != 2 or attention_mask.shape[0] != batch
-    ):
-        raise ValueError(
-            f"attention_mask must be (batch, tokens) = ({batch}, T), "
-            f"got {tuple(attention_mask.shape)}"
-        )
+    check_rate(rate)
+    check_devices(
+        tuple_inputs,
+        args,
+        modules_of(forward_func, extra=() if state_layer is None else (state_layer,)),
+    )
+    # under NoiseTunnel / sensitivity_max the mask may come un-expanded (see there)
+    attention_mask = match_attention_mask(attention_mask, batch, args)
     if (
         isinstance(target, (list, Tensor))
         and not (isinstance(target, Tensor) and target.numel() == 1)
@@ -255,6 +278,7 @@ def explain(
             return m.reshape(*m.shape, *([1] * (state.dim() - 2)))
 
         fn: StateFn = state_fn
+        cfg = DEFAULT if config is None else config
         est = estimate_sigma(
             fn,
             site.values,
@@ -263,13 +287,16 @@ def explain(
             rate=rate,
             state_std=state_std,
             output_mask=output_mask,
-            config=DEFAULT if config is None else config,
+            config=cfg,
             generator=make_generator(seed, site.values[0].device),
             batch_size=internal_batch_size,
             show_progress=show_progress,
             progress_desc=desc,
         )
-    attributions, sigma = per_element(est, site, groups, table.shape[1])
+    scores = score_of(est, score)
+    who = desc.removesuffix(" attribution")
+    warn_if_needed(est, cfg, masked=attention_mask is not None, score=score, who=who)
+    attributions, sigma = per_element(est, scores, site, groups, table.shape[1])
     return PerturbationEntropyResult(
         attributions=format_output(site.is_tuple, attributions),
         sigma=format_output(site.is_tuple, sigma),
@@ -277,6 +304,7 @@ def explain(
         group_ids=table,
         sigma_max_source=source,
         normaliser="mean square fallback" if state_std is None else "state_std",
+        score=score,
     )
 
 
@@ -310,14 +338,14 @@ def site_groups(
 
 
 def per_element(
-    est: SigmaEstimate, site: Site, groups: tuple[Tensor, ...], n_groups: int
+    est: SigmaEstimate, scores: Tensor, site: Site, groups: tuple[Tensor, ...], n_groups: int
 ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
-    """Give every element its group's score log(σ_max/σ) (0 if unperturbed) and σ (NaN)."""
+    """Give every element its group's score (``(B, G)``; 0 if unperturbed) and σ (NaN)."""
     values = site.values
     rows = torch.arange(values[0].shape[0], device=values[0].device)
     shapes = tuple(v.shape[1:] for v in values)
     flat = flat_index(groups, n_groups)
-    attributions = spread(est.log_ratio.nan_to_num(0.0), flat, rows, shapes)
+    attributions = spread(scores.nan_to_num(0.0), flat, rows, shapes)
     sigma = spread(est.sigma.nan_to_num(0.0), flat, rows, shapes)
     nan = est.sigma.new_full((), float("nan"))
     sigma = tuple(torch.where(g >= 0, s, nan) for s, g in zip(sigma, groups, strict=True))

@@ -59,10 +59,18 @@ def raw_feature_ids(inputs: tuple[Tensor, ...], feature_mask: FeatureMask) -> tu
             raise ValueError(f"feature_mask[{i}] must be an integer tensor of group ids")
         ok = is_mask_valid(m, x) and (m.dim() < x.dim() or m.shape[0] in (1, batch))
         if not ok:
+            hint = ""
+            if m.dim() == x.dim() and 1 < m.shape[0] < batch and batch % m.shape[0] == 0:
+                hint = (
+                    f". The inputs have {batch // m.shape[0]} × {m.shape[0]} rows: a wrapper "
+                    "such as Captum's sensitivity_max repeated the examples but not "
+                    "feature_mask; give the mask dimension 0 of size 1 (shared by all "
+                    "examples) instead"
+                )
             raise ValueError(
                 f"feature_mask[{i}] of shape {tuple(m.shape)} does not broadcast to its input "
                 f"of shape {tuple(x.shape)}: give each dimension the input's size or 1 "
-                "(dimension 0: 1 or the batch size)"
+                f"(dimension 0: 1 or the batch size){hint}"
             )
         if bool((m < 0).any()):
             raise ValueError(f"feature_mask[{i}] has negative ids; group ids must be >= 0")

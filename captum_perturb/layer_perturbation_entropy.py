@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from captum.attr import LayerAttribution, PerturbationAttribution
@@ -11,6 +11,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_perturb._base import EntropyFlags, Site, embedding_matrix, explain, index_args
+from captum_perturb._checks import in_dtypes, working_dtype
 from captum_perturb._features import FeatureMask
 from captum_perturb._hooks import capture, replace, run_until_captured
 from captum_perturb.config import EstimatorConfig
@@ -86,6 +87,7 @@ class LayerPerturbationEntropyAttribution(EntropyFlags, LayerAttribution, Pertur
         seed: int | torch.Generator | None = 0,
         internal_batch_size: int | None = None,
         show_progress: bool = False,
+        score: Literal["channel", "paper"] = "channel",
     ) -> Tensor:
         r"""Attribute the explained state to the layer's value.
 
@@ -101,7 +103,9 @@ class LayerPerturbationEntropyAttribution(EntropyFlags, LayerAttribution, Pertur
             state_layer: explain this module's output (after the perturbed layer) instead
                 of the model output.
             attention_mask: ``(B, T)`` with 0 at padding: padded positions are neither
-                perturbed nor counted in the loss.
+                perturbed nor counted in the loss. Give it to the model through
+                ``additional_forward_args`` too: under Captum's ``NoiseTunnel`` or
+                ``sensitivity_max``, which expand only those, the expanded copy is used.
             rate: weight of the entropy term (default 0.1).
             sigma_max: upper bound of σ; default 10 × the std of the word embeddings when
                 ``layer`` is or holds them, else 10 × the std of each example's layer value.
@@ -110,9 +114,17 @@ class LayerPerturbationEntropyAttribution(EntropyFlags, LayerAttribution, Pertur
             seed: an int, a ``torch.Generator`` or None (global RNG).
             internal_batch_size: perturbed copies per forward pass; results do not depend on it.
             show_progress: show a progress bar.
+            score: ``"channel"`` (default) attributes
+                :math:`\tfrac12\log(1 + \sigma_{max}^2/\sigma_g^{*2})` nats per dimension,
+                which keeps ranking groups whose σ sits at σ_max by how hard the state
+                pushes back there (0 only for groups without effect); ``"paper"`` the
+                paper's :math:`\log(\sigma_{max}/\sigma_g)`, 0 at the bound. Both agree
+                within :math:`\tfrac12\log 2` inside the bound and rank it alike (see
+                ``docs/method.rst``).
 
         Returns:
-            Attributions shaped like the layer's value.
+            Attributions shaped like the layer's value, in its dtype (a float16 or
+            bfloat16 value is perturbed and compared in float32).
         """
         result = self.explain(
             inputs,
@@ -129,6 +141,7 @@ class LayerPerturbationEntropyAttribution(EntropyFlags, LayerAttribution, Pertur
             seed=seed,
             internal_batch_size=internal_batch_size,
             show_progress=show_progress,
+            score=score,
         )
         assert isinstance(result.attributions, Tensor)
         return result.attributions
@@ -150,10 +163,12 @@ class LayerPerturbationEntropyAttribution(EntropyFlags, LayerAttribution, Pertur
         seed: int | torch.Generator | None = 0,
         internal_batch_size: int | None = None,
         show_progress: bool = False,
+        score: Literal["channel", "paper"] = "channel",
     ) -> PerturbationEntropyResult:
         """Like :meth:`attribute`, returning σ, entropies and diagnostics too."""
         layer = self.layer
         to_input = attribute_to_layer_input
+        dtypes: list[torch.dtype] = []  # the layer value's own dtype, set by site()
 
         def site(inp: tuple[Any, ...], batch: int, call_model: Callable[..., Any]) -> Site:
             rows_all = torch.arange(batch)
@@ -172,6 +187,10 @@ class LayerPerturbationEntropyAttribution(EntropyFlags, LayerAttribution, Pertur
                     f"{value.dtype}; noise needs a floating-point layer value (e.g. the output "
                     "of the embedding layer)"
                 )
+            # a half-precision value is perturbed in float32 (replace() rounds it back
+            # for the model) and the state compared in float32 (_checks.working_dtype)
+            dtypes.append(value.dtype)
+            value = value.to(working_dtype(value.dtype))
             if value.dim() == 0 or value.shape[0] != batch:
                 raise ValueError(
                     f"the layer's value has shape {tuple(value.shape)}, without the batch of "
@@ -189,7 +208,7 @@ class LayerPerturbationEntropyAttribution(EntropyFlags, LayerAttribution, Pertur
                         "the explained state was read before the perturbed layer ran: "
                         "state_layer must come after the perturbed layer"
                     )
-                return state
+                return state.to(working_dtype(state.dtype))
 
             return Site(
                 values=(value,),
@@ -199,7 +218,7 @@ class LayerPerturbationEntropyAttribution(EntropyFlags, LayerAttribution, Pertur
                 modules=(layer,),
             )
 
-        return explain(
+        result = explain(
             self.forward_func,
             site,
             inputs,
@@ -216,7 +235,9 @@ class LayerPerturbationEntropyAttribution(EntropyFlags, LayerAttribution, Pertur
             internal_batch_size=internal_batch_size,
             show_progress=show_progress,
             desc=f"{self.get_name()} attribution",
+            score=score,
         )
+        return in_dtypes(result, tuple(dtypes[:1]))
 
 
 def _device(inputs: tuple[Any, ...]) -> torch.device:

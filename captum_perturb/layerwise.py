@@ -33,16 +33,20 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from captum_perturb._base import make_generator
+from captum_perturb._base import embedding_sigma_max, make_generator
 from captum_perturb._blocks import staircase, transformer_blocks
 from captum_perturb._hooks import StopForwardError, first_tensor, run_until_captured
 from captum_perturb._model_state import evaluation_mode
 from captum_perturb.config import LAYERWISE, EstimatorConfig
 from captum_perturb.functional.estimate import estimate_sigma
 from captum_perturb.layer_information import LayerInformation
-from captum_perturb.normalizer import state_moments, std_from_moments
+from captum_perturb.normalizer import fallback_mean_square, state_moments, std_from_moments
+from captum_perturb.packaged_std import LABEL as PACKAGED_LABEL
+from captum_perturb.packaged_std import _tensor_bytes, packaged_state_std, weights_hash
 
 _SIDE_INPUTS = ("token_type_ids", "position_ids")
+FALLBACK_LABEL = "mean square fallback"
+"""``LayerInformation.normaliser`` of a layer normalised by the reference fallback."""
 
 
 def _layers(layers: Sequence[int] | None, n_blocks: int) -> list[int]:
@@ -141,17 +145,67 @@ def _layer_states(
     return {k: states[k] for k in layers}
 
 
-def _model_key(model: nn.Module) -> str:
-    h = hashlib.sha256(type(model).__name__.encode())
-    for name, t in list(model.state_dict().items()):
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(_tensor_bytes(t))
-    return h.hexdigest()
+def _batches(mask: Tensor, batch_size: int) -> list[tuple[Tensor, int]]:
+    """Sentences grouped by length: ``(rows, width)`` per batch, ``width`` = the batch's
+    longest sentence when padding is on the right (all of ``T`` otherwise).
+
+    Trimming a batch's trailing padding changes no real token's state (padding is masked
+    out of attention) and saves most of the cost of a corpus padded to its longest
+    sentence; the moments are sums, so the order of the sentences does not matter
+    (beyond float64 summation order).
+    """
+    lengths = mask.sum(1)
+    width = mask.shape[1]
+    positions = torch.arange(width, device=mask.device)
+    right_padded = bool((mask.bool() == (positions < lengths.unsqueeze(1))).all())
+    order = torch.argsort(lengths, stable=True)
+    out = []
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        out.append((rows, int(lengths[rows].max()) if right_padded else width))
+    return out
 
 
-def _tensor_bytes(t: Tensor) -> bytes:
-    """The raw bytes of a tensor of any dtype (numpy has no bfloat16)."""
-    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+def layer_moments(
+    model: nn.Module,
+    corpus: Mapping[str, Any],
+    layers: Sequence[int] | None = None,
+    *,
+    token_reduction: Literal["mean", "pool"] = "mean",
+    batch_size: int = 32,
+) -> dict[int, tuple[Tensor, Tensor, Tensor]]:
+    """Float64 sums, sums of squares and counts of every layer's (reduced) token states
+    over a corpus (:func:`~captum_perturb.normalizer.state_moments`), for
+    :func:`layer_state_std` and for the corpus mean that the shipped σ_S files record.
+
+    Args:
+        model: as for :func:`layer_state_std`.
+        corpus: as for :func:`layer_state_std`.
+        layers: which layers (default: all, with the embedding output).
+        token_reduction: ``"mean"`` or ``"pool"``.
+        batch_size: sentences per forward pass (sentences are grouped by length).
+
+    Returns:
+        ``{layer: (sum, sum of squares, count)}``, each ``(D,)`` float64.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    blocks = transformer_blocks(model)
+    chosen = _layers(layers, len(blocks))
+    ids, mask, side = _unpack(corpus)
+    moments: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+    with evaluation_mode([model]), torch.no_grad():
+        for rows, width in _batches(mask, batch_size):
+            part_mask = mask[rows, :width]
+            part_side = {k: v[rows, :width] for k, v in side.items()}
+            states = _layer_states(model, blocks, chosen, ids[rows, :width], part_mask, part_side)
+            for k, s in states.items():
+                got = state_moments(s, part_mask, token_reduction)
+                old = moments.get(k)
+                moments[k] = (
+                    got if old is None else (old[0] + got[0], old[1] + got[1], old[2] + got[2])
+                )
+    return moments
 
 
 def layer_state_std(
@@ -189,7 +243,7 @@ def layer_state_std(
     ids, mask, side = _unpack(corpus)
     path = None
     if cache_dir is not None:
-        h = hashlib.sha256(_model_key(model).encode())
+        h = hashlib.sha256(weights_hash(model).encode())
         for name, t in {"input_ids": ids, "attention_mask": mask, **side}.items():
             h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
             h.update(_tensor_bytes(t))
@@ -198,19 +252,9 @@ def layer_state_std(
         if path.exists():
             cached: dict[int, Tensor] = torch.load(path, weights_only=True)
             return cached
-    moments: dict[int, list[Tensor]] = {}
-    with evaluation_mode([model]), torch.no_grad():
-        for start in range(0, ids.shape[0], batch_size):
-            sl = slice(start, start + batch_size)
-            part_side = {k: v[sl] for k, v in side.items()}
-            states = _layer_states(model, blocks, chosen, ids[sl], mask[sl], part_side)
-            for k, s in states.items():
-                got = state_moments(s, mask[sl], token_reduction)
-                moments[k] = (
-                    list(got)
-                    if k not in moments
-                    else [a + b for a, b in zip(moments[k], got, strict=True)]
-                )
+    moments = layer_moments(
+        model, corpus, chosen, token_reduction=token_reduction, batch_size=batch_size
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = {
@@ -254,9 +298,14 @@ def explain_layers(
             ``k``'s output, negatives from the last;
             default all, ``0 … L``.
         state_std: ``{layer: σ_S}`` from :func:`layer_state_std` (recommended: it puts
-            all layers on one scale). Missing layers use the reference code's fallback
-            :math:`\sigma_S^2 = \text{mean}(\Phi_l(x)^2)` per sentence, with a warning;
-            ``result.normaliser`` says which layer used which.
+            all layers on one scale). ``None``: the σ_S that ships with the package when
+            the model's weights are known (the packaged all-MiniLM-L6-v2:
+            :mod:`captum_perturb.packaged_std`, SST-2 train), else — and for layers
+            missing from a given ``state_std`` — the reference code's fallback
+            :math:`\sigma_S^2 = \text{mean}(\Phi_l(x)^2)` per sentence, with a warning
+            (each sentence and layer is then on its own scale); ``result.normaliser``
+            says which layer used which (``"state_std"``, ``"packaged state_std"``,
+            ``"mean square fallback"``).
         special_tokens: ``"keep"`` perturbs [CLS]/[SEP]-like tokens like words (and
             labels them); ``"exclude"`` leaves them noise-free (σ = NaN) — their states
             still count in the loss. Special tokens are known from
@@ -311,6 +360,11 @@ def explain_layers(
         )
     n_sent, n_tok = ids.shape
     n_lay = len(chosen)
+    given = "state_std"
+    if state_std is None:
+        packaged = packaged_state_std(model)
+        if packaged is not None:
+            state_std, given = packaged.std, PACKAGED_LABEL
     device = ids.device
     with evaluation_mode([model]):
         with torch.no_grad():
@@ -344,19 +398,21 @@ def explain_layers(
                 finite = torch.isfinite(std)
                 inv[rows, 0] = torch.where(finite, 1.0 / std, torch.zeros_like(std))
                 out_mask[rows] = out_mask[rows] * finite.to(dtype)
-                normaliser[k] = "state_std"
+                normaliser[k] = given
             else:
-                s = clean[k]
-                m = real.unsqueeze(-1).to(dtype)
-                mean_sq = (m * s.square()).sum((1, 2)) / (m.sum((1, 2)) * dim).clamp_min(1)
+                mean_sq = fallback_mean_square(clean[k], real.unsqueeze(-1))
                 inv[rows, 0] = mean_sq.rsqrt().unsqueeze(-1).expand(-1, dim).to(dtype)
-                normaliser[k] = "mean square fallback"
-        if any(v != "state_std" for v in normaliser.values()):
-            missing = [k for k, v in normaliser.items() if v != "state_std"]
+                normaliser[k] = FALLBACK_LABEL
+        missing = [k for k, v in normaliser.items() if v == FALLBACK_LABEL]
+        if missing:
             warnings.warn(
                 f"no state_std for layers {missing}: dividing by mean(Φ(x)²) of each sentence "
-                "(the reference code's fallback); estimate σ_S with layer_state_std(model, "
-                "corpus) to put layers and models on one scale",
+                "(the reference code's fallback). Each sentence and layer is then measured "
+                "on its own scale, so nats kept are not comparable across layers, sentences "
+                "or models (the depth profile and which words rank highest change). Pass "
+                "state_std=layer_state_std(model, tokenizer(corpus, return_tensors='pt', "
+                "padding=True)) with a few thousand sentences of your domain to put them on "
+                "one scale",
                 UserWarning,
                 stacklevel=2,
             )
@@ -382,8 +438,7 @@ def explain_layers(
 
         if sigma_max is None:
             word = model.get_input_embeddings()  # type: ignore[operator]
-            smax = 10.0 * float(word.weight.detach().float().std())
-            source = "word embeddings"
+            smax, source = embedding_sigma_max(word.weight), "word embeddings"
         else:
             smax, source = float(sigma_max), "given"
         estimate = estimate_sigma(

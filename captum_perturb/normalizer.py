@@ -9,7 +9,6 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from captum_perturb._base import index_args
 from captum_perturb._compat import format_additional_forward_args, select_targets, target_rows
 from captum_perturb._hooks import capture, first_tensor, run_until_captured
 from captum_perturb._model_state import evaluation_mode, modules_of
@@ -73,6 +72,9 @@ def estimate_state_std(
         >>> std.shape, bool(torch.allclose(std, torch.full((5,), 3.0), rtol=0.15))
         (torch.Size([5]), True)
     """
+    # imported here: _base imports the estimator, which imports this module's fallback
+    from captum_perturb._base import index_args
+
     tuple_inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     args = format_additional_forward_args(additional_forward_args)
     n = tuple_inputs[0].shape[0]
@@ -153,3 +155,35 @@ def std_from_moments(
         )
         std = torch.where(constant, torch.full_like(std, float("inf")), std)
     return std
+
+
+def fallback_mean_square(state: Tensor, mask: Tensor | None = None) -> Tensor:
+    r"""The reference code's σ_S fallback: :math:`\sigma_S^2 = \mathrm{mean}(\Phi(x)^2)`
+    over each example's counted elements (one number per example).
+
+    Used when no corpus σ_S is given (:func:`~captum_perturb.functional.state_weights`,
+    :func:`~captum_perturb.explain_layers`). Each example is then measured on its own
+    scale, so scores are not comparable across examples, layers or models.
+
+    Args:
+        state: ``(B, *S)`` the explained state :math:`\Phi(x)`.
+        mask: broadcastable to ``(B, *S)``; zero marks elements that are not counted
+            (padding). ``None`` counts every element.
+
+    Returns:
+        ``(B,)`` the mean square of each example's counted elements.
+
+    Raises:
+        ValueError: the state is zero for some example (the fallback would divide by 0).
+    """
+    batch = state.shape[0]
+    m = torch.ones_like(state) if mask is None else mask.to(state.dtype)
+    m = torch.broadcast_to(m, state.shape)
+    count = m.reshape(batch, -1).sum(1).clamp_min(1.0)
+    mean_sq = (m * state.square()).reshape(batch, -1).sum(1) / count
+    if bool((mean_sq <= torch.finfo(state.dtype).tiny).any()):
+        raise ValueError(
+            "The explained state is zero for some example, so the fallback normaliser "
+            "mean(Φ(x)²) is zero. Pass state_std estimated on a corpus."
+        )
+    return mean_sq

@@ -3,7 +3,7 @@ r"""PerturbationEntropyAttribution: Guan et al. (ICML 2019) as a Captum attribut
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from captum.attr import PerturbationAttribution
@@ -11,6 +11,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_perturb._base import EntropyFlags, Site, explain
+from captum_perturb._checks import in_dtypes, working_dtype
 from captum_perturb._features import FeatureMask
 from captum_perturb.config import EstimatorConfig
 from captum_perturb.result import PerturbationEntropyResult
@@ -90,6 +91,7 @@ class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):
         seed: int | torch.Generator | None = 0,
         internal_batch_size: int | None = None,
         show_progress: bool = False,
+        score: Literal["channel", "paper"] = "channel",
     ) -> Tensor | tuple[Tensor, ...]:
         r"""Attribute the explained state to the inputs.
 
@@ -102,11 +104,14 @@ class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):
             feature_mask: integer group ids broadcastable to each input (dim 0 of 1 or
                 ``B``); elements with one id share one σ. ``None``: every scalar is its
                 own group (Captum's default); ``"token"``: one group per position of
-                ``(B, T, D)`` inputs.
+                ``(B, T, D)`` inputs. Captum's ``NoiseTunnel`` accepts only tensor masks:
+                there pass the same groups as ``torch.arange(T).reshape(1, T, 1)``.
             layer: explain this module's output instead of the model output.
             attention_mask: ``(B, T)`` 1 for tokens, 0 for padding: padded positions are
                 neither perturbed nor counted in the loss (give the same mask to the
-                model through ``additional_forward_args``).
+                model through ``additional_forward_args``; under Captum's ``NoiseTunnel``
+                or ``sensitivity_max``, which expand only the latter, the expanded copy
+                there is recognised and used).
             rate: weight of the entropy term (reference code's ``rate``, default 0.1).
             sigma_max: upper bound of σ (reference code's ``scale``). Default: 10 × the
                 std of each example's (unpadded) inputs.
@@ -119,9 +124,18 @@ class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):
             internal_batch_size: perturbed copies per forward pass (memory); the results
                 do not depend on it.
             show_progress: show a progress bar.
+            score: ``"channel"`` (default) attributes
+                :math:`\tfrac12\log(1 + \sigma_{max}^2/\sigma_g^{*2})` nats per dimension,
+                which keeps ranking groups whose σ sits at σ_max by how hard the state
+                pushes back there (0 only for groups without effect); ``"paper"`` the
+                paper's :math:`\log(\sigma_{max}/\sigma_g)`, 0 at the bound. Both agree
+                within :math:`\tfrac12\log 2` inside the bound and rank it alike (see
+                ``docs/method.rst``).
 
         Returns:
-            Attributions shaped and structured like ``inputs``.
+            Attributions shaped and structured like ``inputs``, in their dtype (float16
+            and bfloat16 inputs are perturbed and compared in float32; ``explain()``'s
+            ``estimate`` keeps that precision).
         """
         return self.explain(
             inputs,
@@ -137,6 +151,7 @@ class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):
             seed=seed,
             internal_batch_size=internal_batch_size,
             show_progress=show_progress,
+            score=score,
         ).attributions
 
     def explain(
@@ -155,6 +170,7 @@ class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):
         seed: int | torch.Generator | None = 0,
         internal_batch_size: int | None = None,
         show_progress: bool = False,
+        score: Literal["channel", "paper"] = "channel",
     ) -> PerturbationEntropyResult:
         """Like :meth:`attribute`, returning σ, entropies and diagnostics too."""
         is_tuple = isinstance(inputs, tuple)
@@ -168,15 +184,22 @@ class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):
                     "LayerPerturbationEntropyAttribution(forward_func, model.embeddings)"
                 )
 
+        dtypes = tuple(x.dtype for x in (inputs if isinstance(inputs, tuple) else (inputs,)))
+
         def site(inp: tuple[Any, ...], batch: int, call_model: Callable[..., Any]) -> Site:
+            # half-precision values are perturbed in float32 and rounded back for the
+            # model; the state is compared in float32 (see _checks.working_dtype)
             def run(
                 pert: tuple[Tensor, ...], rows: Tensor, state_of: Callable[..., Tensor]
             ) -> Tensor:
-                return state_of(lambda: call_model(pert, rows))
+                model_in = tuple(p.to(d) for p, d in zip(pert, dtypes, strict=True))
+                state = state_of(lambda: call_model(model_in, rows))
+                return state.to(working_dtype(state.dtype))
 
-            return Site(values=tuple(x.detach() for x in inp), run=run, is_tuple=is_tuple)
+            values = tuple(x.detach().to(working_dtype(x.dtype)) for x in inp)
+            return Site(values=values, run=run, is_tuple=is_tuple)
 
-        return explain(
+        result = explain(
             self.forward_func,
             site,
             inputs,
@@ -193,4 +216,6 @@ class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):
             internal_batch_size=internal_batch_size,
             show_progress=show_progress,
             desc=f"{self.get_name()} attribution",
+            score=score,
         )
+        return in_dtypes(result, dtypes)

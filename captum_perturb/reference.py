@@ -1,12 +1,18 @@
 r"""A drop-in for the authors' reference ``Interpreter``, backed by :func:`estimate_sigma`.
 
-Users of the reference code (Guan et al., ICML 2019) explain one sentence at a time::
+Users of the reference code (Guan et al., ICML 2019) explain one sentence at a time, as
+its README does::
 
-    interpreter = Interpreter(x=x, Phi=Phi, words=words)
-    interpreter.optimize(iteration=5000, lr=0.01, show_progress=True)
+    regularization = calculate_regularization(sampled_x, Phi, device=device)
+    interpreter = Interpreter(
+        x=x, Phi=Phi, regularization=regularization, scale=10 * 0.1, words=words
+    ).to(device)
+    interpreter.optimize(iteration=5000, lr=0.5, show_progress=True)
+    interpreter.get_sigma()
     interpreter.visualize()
 
-The same lines work with ``from captum_perturb import Interpreter``. The objective is the
+The same lines work with ``from captum_perturb import Interpreter, calculate_regularization``
+(``tests/test_reference_dropin.py`` runs the README's snippets so). The objective is the
 reference code's (σ_i = ``scale`` · sigmoid(ρ_i), means instead of sums, one noise scale per
 word), but it is solved by the package's default estimator, which converges to the optimum
 instead of keeping the lowest single-sample loss of 5,000 Adam steps. Pass
@@ -29,7 +35,7 @@ from captum_perturb.functional.estimate import SigmaEstimate, estimate_sigma
 
 #: The drop-in's default: the fixed-point estimator stopped at a root-mean-square
 #: standard error of 0.005 in log σ (``DEFAULT`` stops at 0.02).
-PRECISE = FixedPointConfig(tol=0.005, max_iter=400)
+PRECISE = FixedPointConfig(tol=0.005, max_iter=1000)
 
 
 def calculate_regularization(
@@ -187,6 +193,80 @@ class Interpreter:
         self.seed = seed
         self._estimate: SigmaEstimate | None = None
 
+    def to(
+        self,
+        device: torch.device | str | int | torch.dtype | Tensor | None = None,
+        dtype: torch.dtype | None = None,
+        non_blocking: bool = False,
+    ) -> Interpreter:
+        """Move (and optionally cast) what the interpreter holds; the reference's ``.to``.
+
+        The reference ``Interpreter`` is an ``nn.Module``, so its README writes
+        ``Interpreter(...).to(device)``. Like ``nn.Module.to`` this works in place and
+        returns ``self``, accepting ``to(device)``, ``to(dtype)``, ``to(tensor)`` (its
+        device and dtype) and ``to(device, dtype)``. It moves ``x`` and a tensor or array
+        ``regularization`` (which becomes a tensor; a Python number stays a number). The
+        tensors the caller passed in are not modified: the interpreter keeps moved copies
+        (the same tensor where nothing changes, as ``Tensor.to`` does). ``Phi`` is the
+        caller's and is not touched: it must accept inputs on the new device, as in the
+        README, where ``Phi`` builds its weights on the global ``device``. σ is learned
+        on ``x``'s device and in its dtype; a result of an earlier :meth:`optimize`
+        stays as it is. An integer ``seed`` then draws the noise on the new device
+        (a different stream from the CPU's); a ``torch.Generator`` seed must be on it.
+
+        Args:
+            device: the target device (``torch.device``, ``"cuda:0"``, a CUDA index), or,
+                when ``dtype`` is not given, a floating ``torch.dtype`` or a tensor whose
+                device and dtype to take. ``None`` keeps the device.
+            dtype: a floating-point dtype to cast ``x`` and ``regularization`` to;
+                ``None`` keeps their dtypes.
+            non_blocking: passed to ``Tensor.to``.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            TypeError: ``dtype`` is not a floating-point ``torch.dtype``, or a dtype or
+                tensor is given both positionally and as ``dtype``.
+
+        Example:
+            >>> import torch
+            >>> from captum_perturb import Interpreter
+            >>> x = torch.randn(3, 8)
+            >>> interpreter = Interpreter(x, lambda x: x.sum(0), regularization=torch.ones(8))
+            >>> interpreter.to("cpu") is interpreter
+            True
+            >>> interpreter.to(torch.float64).x.dtype, x.dtype
+            (torch.float64, torch.float32)
+        """
+        target: torch.device | str | int | None
+        if isinstance(device, (torch.dtype, Tensor)):
+            if dtype is not None:
+                raise TypeError(
+                    f"to() got a {type(device).__name__} positionally and dtype={dtype}; "
+                    "call to(device, dtype) or to(dtype)"
+                )
+            if isinstance(device, Tensor):
+                target, dtype = device.device, device.dtype
+            else:
+                target, dtype = None, device
+        else:
+            target = device
+        if dtype is not None and (
+            not isinstance(dtype, torch.dtype) or not dtype.is_floating_point
+        ):
+            raise TypeError(
+                f"Interpreter.to only casts to a floating-point torch.dtype, got {dtype!r}; "
+                "x must stay floating point"
+            )
+        self.x = self.x.to(device=target, dtype=dtype, non_blocking=non_blocking)
+        reg = self.regularization
+        if isinstance(reg, (Tensor, np.ndarray)):
+            self.regularization = torch.as_tensor(reg).to(
+                device=target, dtype=dtype, non_blocking=non_blocking
+            )
+        return self
+
     def _state_fn(self, perturbed: tuple[Tensor, ...], rows: Tensor) -> Tensor:
         # Phi explains one instance; apply it to each stacked copy (in the gradient path)
         return torch.stack([self.Phi(copy) for copy in perturbed[0]])
@@ -237,7 +317,9 @@ class Interpreter:
         """The learned noise scale of every word.
 
         Returns:
-            ``[length]`` σ_i in ``(0, scale]``; small = important to the state.
+            ``[length]`` σ_i in ``(0, scale]``; small = important to the state. A numpy
+            array in ``x``'s dtype (``float32`` for a float32 ``x``, as the reference
+            code printed).
 
         Raises:
             RuntimeError: :meth:`optimize` has not run.

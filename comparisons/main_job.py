@@ -3,8 +3,10 @@
 First the paper's analysis: how much of each word every layer keeps
 (:func:`captum_perturb.explain_layers`, all layers in one call: the embedding output and
 the 6 blocks, noise on the embedding output, each layer's full ``[tokens × 384]`` state
-normalised by its σ_S from SST-2 dev sentences — or, without the data, the reference
-fallback). Writes
+normalised by its σ_S: for the packaged MiniLM the σ_S that ships with the package
+(5,000 SST-2 train sentences, :mod:`comparisons.packaged_std`), so the picture is the same
+with or without the data on disk; for another ``--model``, σ_S from SST-2 dev sentences,
+or without the data the reference fallback, with a warning). Writes
 
 * ``explanation.html`` — one Captum ``visualize_text`` row per layer,
 * ``explanation.png`` — a tokens × layers heatmap of the nats each layer keeps,
@@ -44,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from captum_perturb import LayerInformation, explain_layers, layer_state_std
+from captum_perturb.packaged_std import packaged_state_std
 from comparisons.finetune import cache_root
 from comparisons.layer_analysis import heatmap, layers_html
 from comparisons.methods import DEFAULT_METHODS
@@ -67,6 +70,9 @@ two random tokens of a dev sentence already gives 1 − cos ≈ 0.45, so the mas
 barely separates the methods from the random floor (8 sentences: 0.58 to 0.70 against
 0.61), where deletion does (0.19 to 0.51 against 0.26). The report shows both."""
 
+DEFAULT_CORPUS_SIZE = 100
+"""SST-2 dev sentences for σ_S when no shipped σ_S applies, and for the comparison."""
+
 COMPARE_CAPTUM_EXAMPLES = 2
 """Sentences of the comparison that get Captum's infidelity and sensitivity_max."""
 
@@ -84,7 +90,9 @@ def explain_all_layers(
     seed: int = 0,
 ) -> LayerInformation:
     """Information every layer (embedding output included) keeps of each token, in one
-    :func:`captum_perturb.explain_layers` call; σ_S of every layer from ``corpus``."""
+    :func:`captum_perturb.explain_layers` call; σ_S of every layer from ``corpus``, or,
+    without one, what ``explain_layers`` finds: the shipped σ_S of a known model (the
+    packaged MiniLM), else the reference fallback (``info.normaliser`` says which)."""
     std = None
     if corpus:
         cenc = tokenizer(corpus, return_tensors="pt", padding=True)
@@ -209,7 +217,12 @@ def main(argv: list[str] | None = None) -> int:
         "(0 = embedding output, k = block k, negatives count from the last)",
     )
     parser.add_argument(
-        "--corpus-size", type=int, default=100, help="SST-2 dev sentences for σ_S (0: fallback)"
+        "--corpus-size",
+        type=_non_negative,
+        default=None,
+        help="SST-2 dev sentences for σ_S (0: fallback). Default: for the layers, the σ_S "
+        "shipped with the package when the model has one (the packaged MiniLM), else "
+        f"{DEFAULT_CORPUS_SIZE}; for the comparison, {DEFAULT_CORPUS_SIZE}",
     )
     parser.add_argument("--rate", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
@@ -227,9 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = load_encoder(args.model)
     layers = None if args.layers == "all" else [int(t) for t in args.layers.split(",")]
     corpus = None
-    if args.corpus_size > 0:
+    corpus_size = DEFAULT_CORPUS_SIZE if args.corpus_size is None else args.corpus_size
+    packaged = packaged_state_std(model) if args.corpus_size is None else None
+    if packaged is not None:
+        print(f"note: {packaged.describe()}", file=sys.stderr)
+    elif corpus_size > 0:
         try:
-            corpus = [s for s, _ in sst2_dev(args.corpus_size)]
+            corpus = [s for s, _ in sst2_dev(corpus_size)]
         except FileNotFoundError as err:
             print(f"note: {err}; using the reference fallback normaliser", file=sys.stderr)
     start = time.perf_counter()
@@ -254,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     sentences, compare_corpus, data, notes = comparison_data(
-        args.compare_n, args.corpus_size, args.sentence
+        args.compare_n, corpus_size, args.sentence
     )
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

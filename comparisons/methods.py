@@ -217,6 +217,7 @@ class _Module(nn.Module):
 
 def _ours(ctx: MethodContext, variant: str, reference: bool = False) -> AttributeFn:
     from captum_perturb import REFERENCE, PerturbationEntropyAttribution
+    from captum_perturb._base import embedding_sigma_max
 
     tm = ctx.model
     layer: nn.Module | None = None
@@ -243,7 +244,7 @@ def _ours(ctx: MethodContext, variant: str, reference: bool = False) -> Attribut
     explainer = PerturbationEntropyAttribution(phi)
     config = REFERENCE if reference else None
     # σ_max as LayerPerturbationEntropyAttribution(forward, model.embeddings) sets it
-    sigma_max = 10.0 * float(tm.word_embeddings.detach().float().std())
+    sigma_max = embedding_sigma_max(tm.word_embeddings)
 
     def attribute(x: ExampleInputs) -> Tensor:
         target = x.target if variant == "prob" else None

@@ -31,7 +31,7 @@ from captum_perturb import AdamConfig, FixedPointConfig
 
 #: the default algorithm run to the tighter stopping rule closed-form tests need
 #: (test_closed_form.py's docstring derives tol = 0.005 from the 2 % target)
-PRECISE = FixedPointConfig(tol=0.005, max_iter=400)
+PRECISE = FixedPointConfig(tol=0.005, max_iter=1000)
 #: With at least as many projections as state elements the first-order start uses the
 #: standard basis, so the Jacobian norms are exact; for a linear state the control variate
 #: ("auto" keeps it there) then makes every draw exact, and so is σ. Used where the
@@ -57,7 +57,9 @@ class Setup:
     expected attribution shapes (the layer value's for the layer class);
     ``raising_module`` is made to raise in the hook check; ``float_inputs`` says whether
     Captum's wrappers can perturb the inputs; ``metric_target`` selects one scalar per
-    example (for ``infidelity``).
+    example (for ``infidelity``); ``linear_state`` says that σ does not depend on the
+    inputs' values (a state linear in them and a fixed ``sigma_max``), so that noisy
+    copies of an example have the plain example's σ.
     """
 
     attr: Any
@@ -72,6 +74,7 @@ class Setup:
     raising_module: nn.Module
     float_inputs: bool = True
     metric_target: Any = None
+    linear_state: bool = False
 
     @property
     def tuple_inputs(self) -> tuple[Tensor, ...]:
@@ -129,6 +132,61 @@ def assert_log_sigma_close(res_a: Any, row_a: int, res_b: Any, row_b: int) -> No
         f"log σ of group {w} differ by {diff[w].item():.3g} > {tol[w].item():.3g} "
         f"(standard errors {se_a[w].item():.3g}, {se_b[w].item():.3g})\n{ls_a}\n{ls_b}"
     )
+
+
+def assert_copies_close(res_k: Any, k: int, res: Any) -> None:
+    """Row ``b·k + j`` of ``res_k`` is the ``j``-th of ``k`` copies of example ``b`` of
+    ``res`` (Captum's ``repeat_interleave`` expansion): their log σ agree within the
+    standard-error bound of :func:`assert_log_sigma_close`."""
+    assert res_k.group_ids.shape[0] == k * res.group_ids.shape[0]
+    for b in range(res.group_ids.shape[0]):
+        for j in range(k):
+            assert_log_sigma_close(res_k, b * k + j, res, b)
+
+
+def change_bound(res_a: Any, row_a: int, res_b: Any, row_b: int) -> Tensor:
+    """Largest Frobenius norm of the difference of two runs' attributions of one example
+    that the per-group bound of :func:`assert_log_sigma_close` allows: every element of
+    group ``g`` carries the group's score, so ``|Δ|² <= Σ_g m_g tol_g²``."""
+    size = res_a.estimate.group_size[row_a]
+    se_a, se_b = res_a.estimate.std_error[row_a], res_b.estimate.std_error[row_b]
+    present = size > 0
+    assert bool(torch.isfinite(se_a[present]).all() and torch.isfinite(se_b[present]).all())
+    tol = SE_FACTOR * (se_a.square() + se_b.square()).sqrt() + ROUND_OFF
+    return (size * torch.where(present, tol, torch.zeros_like(tol)).square()).sum().sqrt()
+
+
+@contextmanager
+def recording(attr: Any) -> Iterator[list[Any]]:
+    """Record the result of every ``attr.explain`` call (``attribute`` goes through it),
+    e.g. the expanded batches that Captum's wrappers pass."""
+    calls: list[Any] = []
+    original = attr.explain
+
+    def explain(*args: Any, **kwargs: Any) -> Any:
+        res = original(*args, **kwargs)
+        calls.append(res)
+        return res
+
+    attr.explain = explain
+    try:
+        yield calls
+    finally:
+        del attr.explain
+
+
+def token_mask_tensor(kwargs: dict[str, Any], inputs: tuple[Tensor, ...]) -> dict[str, Any]:
+    """``kwargs`` with ``feature_mask="token"`` replaced by the same groups as a tensor of
+    dim 0 = 1: Captum's NoiseTunnel expands ``feature_mask`` and asserts it is a tensor."""
+    if kwargs.get("feature_mask") != "token":
+        return kwargs
+    masks = []
+    offset = 0
+    for x in inputs:
+        ids = torch.arange(x[0, ..., 0].numel(), device=x.device).reshape(1, *x.shape[1:-1], 1)
+        masks.append(ids + offset)
+        offset += x[0, ..., 0].numel()
+    return {**kwargs, "feature_mask": masks[0] if len(masks) == 1 else tuple(masks)}
 
 
 def hook_snapshot(model: nn.Module) -> list[tuple[str, str, tuple[int, ...]]]:
@@ -367,21 +425,70 @@ class ContractTester:
                     torch.testing.assert_close(g, r, rtol=0.0, atol=tol)
 
     def check_noise_tunnel(self) -> None:
+        # NoiseTunnel repeats every example k times (repeat_interleave, with target and
+        # additional_forward_args) and averages the k attributions. With stdevs=0 the k
+        # copies are the example itself, so (1) the output is exactly the mean of the k
+        # rows of the one batch it explains (recorded), and (2) each row's log σ is the
+        # plain example's within the standard-error bound (assert_log_sigma_close): the
+        # copies differ from it only by the Monte-Carlo noise of their own draws.
         s = self.setup()
         if not s.float_inputs:
             pytest.skip("NoiseTunnel adds noise to the inputs, which are token ids here")
-        torch.manual_seed(0)  # NoiseTunnel draws from the global RNG
-        out = NoiseTunnel(s.attr).attribute(s.inputs, nt_samples=3, stdevs=0.01, **s.call_kwargs())
+        kwargs = token_mask_tensor(s.call_kwargs(), s.tuple_inputs)
+        plain = s.explain()
+        k = 3
+        with recording(s.attr) as calls:
+            out = NoiseTunnel(s.attr).attribute(s.inputs, nt_samples=k, stdevs=0.0, **kwargs)
         assert isinstance(out, tuple) == isinstance(s.inputs, tuple)
-        for a, shape in zip(_as_tuple(out), s.shapes, strict=True):
+        assert len(calls) == 1, "NoiseTunnel explains all copies in one batch"
+        for a, r, shape in zip(
+            _as_tuple(out), _as_tuple(calls[0].attributions), s.shapes, strict=True
+        ):
             assert a.shape == shape and bool(torch.isfinite(a).all())
+            mean = r.reshape(s.batch, k, *shape[1:]).mean(1)
+            # only the order of the k-term float sum may differ: <= k eps max|r|
+            atol = k * torch.finfo(r.dtype).eps * float(r.abs().max())
+            torch.testing.assert_close(a, mean, rtol=0.0, atol=atol)
+        assert_copies_close(calls[0], k, plain)
+        if s.linear_state:
+            # σ of a linear state does not depend on where the inputs are: noisy copies
+            # (stdevs far from 0) must still give the plain σ, within the same bound
+            torch.manual_seed(0)  # NoiseTunnel draws from the global RNG
+            with recording(s.attr) as calls:
+                NoiseTunnel(s.attr).attribute(s.inputs, nt_samples=k, stdevs=0.5, **kwargs)
+            assert_copies_close(calls[0], k, plain)
 
     def check_captum_metrics(self) -> None:
         s = self.setup()
         if not s.float_inputs:
             pytest.skip("captum.metrics perturb the inputs, which are token ids here")
-        torch.manual_seed(0)  # sensitivity_max's default perturbations use the global RNG
         kwargs = s.call_kwargs(target=s.metric_target)
+        args = kwargs.get("additional_forward_args")
+        attrs = s.attr.attribute(s.inputs, **kwargs)
+
+        def still(inputs: Any) -> Any:  # a perturbation that moves nothing
+            zeros = tuple(torch.zeros_like(x) for x in _as_tuple(inputs))
+            return (zeros, inputs) if isinstance(inputs, tuple) else (zeros[0], inputs)
+
+        # infidelity = E[(Iᵀa - (f(x) - f(x - I)))²] is 0 for I = 0 whatever a is, up to
+        # f evaluated on a batch of another size: each output sums at most 64 rounded
+        # products here (fan-in <= 8, two layers), so |Δf| <= 64 eps max|f| (Higham's gamma_n)
+        infid = infidelity(
+            s.attr.forward_func,
+            still,
+            s.inputs,
+            attrs,
+            additional_forward_args=args,
+            target=s.metric_target,
+            n_perturb_samples=4,
+            normalize=False,
+        )
+        assert infid.shape == (s.batch,)
+        with torch.no_grad():
+            f = s.attr.forward_func(*s.tuple_inputs, *_as_tuple(args if args is not None else ()))
+        eps = torch.finfo(f.dtype).eps
+        assert bool((infid <= (64 * eps * f.abs().max()) ** 2).all()), infid
+
         gen = torch.Generator().manual_seed(0)
 
         def perturb_fn(inputs: Any) -> Any:
@@ -394,8 +501,8 @@ class ContractTester:
             s.attr.forward_func,
             perturb_fn,
             s.inputs,
-            s.attr.attribute(s.inputs, **kwargs),
-            additional_forward_args=kwargs.get("additional_forward_args"),
+            attrs,
+            additional_forward_args=args,
             target=s.metric_target,
             n_perturb_samples=4,
             normalize=True,
@@ -408,5 +515,20 @@ class ContractTester:
             out = s.attr.attribute(inp, **kw)
             return _as_tuple(out) if isinstance(s.attr, LayerAttribution) else out
 
-        sens = sensitivity_max(explain_func, s.inputs, n_perturb_samples=3, **kwargs)
+        # sensitivity_max with a perturbation of radius 0 explains k exact copies of
+        # each example (expanding target and additional_forward_args): its value is the
+        # largest |attr(copy) - attr(x)|_F / |attr(x)|_F, which only the Monte-Carlo
+        # noise of the two runs can make non-zero: bounded by change_bound / |attr(x)|_F
+        k = 3
+        with recording(s.attr) as calls:
+            sens = sensitivity_max(
+                explain_func, s.inputs, perturb_func=lambda x: x, n_perturb_samples=k, **kwargs
+            )
         assert sens.shape == (s.batch,) and bool(torch.isfinite(sens).all())
+        assert len(calls) == 2, "one clean call, then the k copies in one batch"
+        clean, copies = calls
+        for b in range(s.batch):
+            norm = torch.cat([a[b].reshape(-1) for a in _as_tuple(clean.attributions)]).norm()
+            norm = norm if norm > 0 else torch.ones_like(norm)  # as sensitivity_max does
+            bound = max(change_bound(copies, b * k + j, clean, b) for j in range(k)) / norm
+            assert float(sens[b]) <= float(bound), (b, float(sens[b]), float(bound))

@@ -274,3 +274,139 @@ def test_attention_mask_of_wrong_shape(kind: str) -> None:
         r"attention_mask must be .batch, tokens.",
         lambda e, kw: e.attribute(x_float(), 0, attention_mask=mask, state_std=ONE, **kw),
     )
+
+
+def raises_untouched(
+    kind: str,
+    exc: type[Exception],
+    match: str,
+    call: Callable[[Any, dict[str, Any], Tensor], Any],
+    x: Tensor | None = None,
+) -> None:
+    """Like :func:`check`, and the caller's model and inputs are as they were: weights,
+    requires_grad, .grad, a mix of train/eval flags, hooks, the input's value and flag."""
+    model, explainer, kwargs = make(kind)
+    model.lin1.weight.requires_grad_(False)
+    modules = list(model.modules())
+    for k, m in enumerate(modules):
+        m.training = k % 2 == 1
+    flags = [m.training for m in modules]
+    params = {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()}
+    x = x_float().requires_grad_(True) if x is None else x
+    x_before = (x.detach().clone(), x.requires_grad) if x.device.type != "meta" else None
+    with pytest.raises(exc, match=match):
+        call(explainer, kwargs, x)
+    assert_no_hooks(model)
+    assert [m.training for m in modules] == flags
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach(), params[n][0]) and p.requires_grad == params[n][1], n
+        assert p.grad is None, n
+    if x_before is not None:
+        assert torch.equal(x.detach(), x_before[0]) and x.requires_grad == x_before[1]
+        assert x.grad is None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("rate", [float("inf"), float("nan"), -float("inf")])
+def test_rate_not_finite(kind: str, rate: float) -> None:
+    raises_untouched(
+        kind,
+        ValueError,
+        r"rate must be a positive finite number, got .*0\.1",
+        lambda e, kw, x: e.attribute(x, 0, state_std=ONE, rate=rate, **kw),
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_empty_batch(kind: str) -> None:
+    raises_untouched(
+        kind,
+        ValueError,
+        r"batch is empty.*at least one example",
+        lambda e, kw, x: e.attribute(x, 0, state_std=ONE, **kw),
+        x=torch.zeros(0, T, D),
+    )
+
+
+def test_empty_batch_of_token_ids() -> None:
+    model = SeqModel().eval()
+    lpe = LayerPerturbationEntropyAttribution(model, model.emb)
+    with pytest.raises(ValueError, match=r"batch is empty"):
+        lpe.attribute(torch.zeros(0, T, dtype=torch.long), None, state_std=ONE)
+    assert_no_hooks(model)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_inputs_on_another_device(kind: str) -> None:
+    """CUDA is not available here: the ``meta`` device stands in for "another device"
+    (the check compares devices, and a meta tensor cannot run the CPU model)."""
+    raises_untouched(
+        kind,
+        ValueError,
+        r"inputs\[0\] is on meta but the model's parameters are on cpu: move",
+        lambda e, kw, x: e.attribute(x, 0, state_std=ONE, **kw),
+        x=x_float().to("meta"),
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_side_input_on_another_device(kind: str) -> None:
+    mask = torch.ones(B, T, device="meta")
+    raises_untouched(
+        kind,
+        ValueError,
+        r"additional_forward_args\[0\] is on meta but the model's parameters are on cpu",
+        lambda e, kw, x: e.attribute(x, 0, (mask,), state_std=ONE, **kw),
+    )
+
+
+def test_device_check_skips_models_split_over_devices() -> None:
+    """A model whose parameters live on several devices takes its inputs wherever its
+    first layer is: the check cannot know where, and stays silent."""
+    from captum_perturb._checks import check_devices
+
+    split = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2, device="meta")])
+    check_devices((x_float(),), None, [split])  # no error
+    with pytest.raises(ValueError, match=r"inputs\[0\] is on cpu .* on meta"):
+        check_devices((x_float(),), None, [split[1]])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unexpanded_attention_mask_under_noise_tunnel(kind: str) -> None:
+    """NoiseTunnel expands the inputs, target and additional_forward_args but not the
+    attention_mask keyword; when the model does not get the mask through
+    additional_forward_args either, the expansion cannot be recognised."""
+    from captum.attr import NoiseTunnel
+
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, -1] = 0
+    raises_untouched(
+        kind,
+        ValueError,
+        r"attention_mask has 2 rows but the inputs have 6 = 3 × 2.*NoiseTunnel.*"
+        r"additional_forward_args",
+        lambda e, kw, x: NoiseTunnel(e).attribute(
+            x, nt_samples=3, stdevs=0.0, target=0, attention_mask=mask, state_std=ONE, **kw
+        ),
+        x=x_float(),
+    )
+
+
+def test_feature_mask_not_expanded_by_sensitivity_max() -> None:
+    """sensitivity_max repeats the examples but passes feature_mask unchanged."""
+    from captum.metrics import sensitivity_max
+
+    model = SeqModel().eval()
+    pe = PerturbationEntropyAttribution(model)
+    per_example = torch.arange(B * T).reshape(B, T, 1)
+    with pytest.raises(ValueError, match=r"sensitivity_max repeated the examples.*size 1"):
+        sensitivity_max(
+            pe.attribute,
+            x_float(),
+            n_perturb_samples=2,
+            target=0,
+            feature_mask=per_example,
+            layer=model.pool,
+            state_std=ONE,
+        )
+    assert_no_hooks(model)

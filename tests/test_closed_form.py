@@ -326,7 +326,9 @@ def test_evaluations_are_counted_per_example() -> None:
     assert est.evaluations.tolist() == [1 + P + S * cfg.min_iter, 1 + P + S * est.n_iter]
     assert est.n_evaluations == int(est.evaluations.sum())
     adam = run_weighted_sum(W[1], 8, seed=0, batch=2, config=replace(REFERENCE, steps=30))
-    assert adam.evaluations.tolist() == [1 + 30, 1 + 30]  # random start: no projections
+    # random start: no projections; then the convergence check's draws
+    check = REFERENCE.check_samples
+    assert adam.evaluations.tolist() == [1 + 30 + check, 1 + 30 + check]
 
 
 # --- estimate_state_std ------------------------------------------------------------

@@ -21,7 +21,7 @@ from captum.testing.helpers.basic_models import (
     BasicModel_MultiLayer,
     BasicModel_MultiLayer_MultiInput,
 )
-from contract import ContractTester, Setup, assert_log_sigma_close, one_thread
+from contract import SE_FACTOR, ContractTester, Setup, assert_log_sigma_close, one_thread
 from torch import Tensor, nn
 
 from captum_perturb import (
@@ -47,6 +47,23 @@ class WithDropout(nn.Module):
             self.drop(a) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args
         )
         return self.inner(*args)
+
+
+class MaskedSequence(nn.Module):
+    """(B, T, 4) floats and a (B, T) padding mask -> (B, 2): identity, tanh layer,
+    dropout, linear, mean over the unpadded tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entry = nn.Identity()
+        self.lin1 = nn.Linear(4, 6)
+        self.drop = nn.Dropout(0.3)
+        self.lin2 = nn.Linear(6, 2)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        h = self.lin2(self.drop(torch.tanh(self.lin1(self.entry(x)))))
+        m = mask[..., None].to(h.dtype)
+        return (h * m).sum(1) / m.sum(1)
 
 
 class EmbeddingLinear(nn.Module):
@@ -118,6 +135,7 @@ def linear_multilayer(device: torch.device, dtype: torch.dtype = torch.float32) 
         shapes=(x.shape,),
         raising_module=model.inner.linear2,
         metric_target=1,
+        linear_state=True,
     )
 
 
@@ -230,6 +248,40 @@ def embedding_linear(device: torch.device) -> Setup:
     )
 
 
+def masked_tokens(device: torch.device, layer: bool = False) -> Setup:
+    """A padded batch of float sequences with ``attention_mask=`` (also passed to the
+    model) and one σ per token (``feature_mask="token"`` / the layer class's default
+    ``layer_mask="token"`` on an identity layer): Captum's wrappers expand the inputs
+    and ``additional_forward_args`` but not these keywords."""
+    torch.manual_seed(6)
+    model = MaskedSequence().to(device)
+    x = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(7)).to(device)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], device=device)
+    kwargs: dict[str, Any] = {
+        "additional_forward_args": (mask,),
+        "attention_mask": mask,
+        "state_std": torch.tensor(0.1, device=device),
+    }
+    if layer:
+        attr: Any = LayerPerturbationEntropyAttribution(model, model.entry)
+    else:
+        attr = PerturbationEntropyAttribution(model)
+        kwargs["feature_mask"] = "token"
+    return Setup(
+        attr=attr,
+        inputs=x,
+        kwargs=kwargs,
+        model=model,
+        target=torch.tensor([0, 1, 1], device=device),
+        targets=per_example_targets([0, 1, 1]),
+        bad_target=2,
+        feature_mask=torch.tensor([[0, 1, 1, 2, 2]], device=device).unsqueeze(-1),
+        shapes=(x.shape,),
+        raising_module=model.lin1,
+        metric_target=1,
+    )
+
+
 def _tiny_bert(device: torch.device) -> tuple[nn.Module, Tensor, Tensor]:
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -332,6 +384,8 @@ CASES = {
     "tuple_multi_input": tuple_multi_input,
     "tuple_linear": tuple_linear,
     "layer_identity": layer_identity,
+    "masked_tokens": masked_tokens,
+    "layer_masked_tokens": lambda d: masked_tokens(d, layer=True),
     "layer_embedding_linear": embedding_linear,
     "layer_tiny_bert": tiny_bert,
     "layer_tiny_bert_hidden": tiny_bert_hidden,
@@ -373,3 +427,74 @@ def test_targets_select_different_states(case: str) -> None:
     a = s.explain(target=0).estimate.log_sigma
     b = s.explain(target=1).estimate.log_sigma
     assert bool(((a - b).abs() > 0.05).any(1).all())
+
+
+@pytest.mark.parametrize("kind", ["layer", "input"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_matches_float32(dtype: torch.dtype, kind: str) -> None:
+    """A half-precision model gives the σ of the same weights in float32.
+
+    The values are perturbed and the state compared in float32 and the model runs in
+    ``dtype`` (``_checks.working_dtype``). The two runs differ by (1) Monte-Carlo error,
+    bounded as in ``contract.py`` by ``SE_FACTOR sqrt(se_h² + se_f²)`` (the runs draw the
+    same float32 noise, so this is conservative), and (2) rounding inside the model: each
+    of the ~24 rounded operations on the path from the perturbed value to the state (12
+    per BERT layer: LayerNorm, Q, K, V, softmax, attention·V, output, residual, LayerNorm,
+    FFN in, GELU, FFN out) changes the state and its gradient by a relative u at most
+    (unit roundoff, eps / 2), so ``n u`` bounds their relative error to first order
+    (Higham's gamma_n); the curvature a_g is a squared gradient norm (relative error <= 2 n u)
+    and log σ_g = -½ log a_g + const moves by <= n u: 0.094 in bfloat16, 0.012 in float16.
+    The issue's bug (bfloat16: every σ at σ_max, 0 nats, against 114-157 nats in float32)
+    and a crash in half-precision linear algebra both fail this.
+    """
+    import copy
+
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=16,
+    )
+    half = BertModel(config).eval().to(dtype)
+    full = copy.deepcopy(half).float()  # the same rounded weights, float32 arithmetic
+    ids = torch.tensor([[2, 17, 45, 8, 3, 9, 11], [2, 61, 9, 3, 0, 0, 0]])
+    mask = (ids != 0).long()
+    results = []
+    for model in (half, full):
+        if kind == "layer":
+
+            def fwd(i: Tensor, m: Tensor, model: nn.Module = model) -> Tensor:
+                return model(input_ids=i, attention_mask=m).last_hidden_state
+
+            explainer: Any = LayerPerturbationEntropyAttribution(fwd, model.embeddings)
+            inputs, mask_kw = ids, {}
+        else:
+
+            def fwd(e: Tensor, m: Tensor, model: nn.Module = model) -> Tensor:
+                return model(inputs_embeds=e, attention_mask=m).last_hidden_state
+
+            explainer = PerturbationEntropyAttribution(fwd)
+            inputs = model.embeddings.word_embeddings(ids).detach()
+            mask_kw = {"feature_mask": "token", "sigma_max": 0.5}
+        res = explainer.explain(
+            inputs, None, (mask,), attention_mask=mask, state_std=torch.tensor(0.2), **mask_kw
+        )
+        results.append(res)
+    res_h, res_f = results
+    assert res_h.attributions.dtype == dtype and res_h.sigma.dtype == dtype
+    assert res_h.estimate.log_sigma.dtype == torch.float32
+    assert bool(res_h.estimate.converged.all() and res_f.estimate.converged.all())
+    assert bool((res_h.estimate.log_ratio.nan_to_num(0).sum(1) > 1.0).all()), "no σ at σ_max"
+    n_ops, u = 24, torch.finfo(dtype).eps / 2
+    ls_h, ls_f = res_h.estimate.log_sigma, res_f.estimate.log_sigma
+    se_h, se_f = res_h.estimate.std_error, res_f.estimate.std_error
+    present = ~ls_f.isnan()
+    assert torch.equal(present, ~ls_h.isnan())
+    tol = SE_FACTOR * (se_h.square() + se_f.square()).sqrt() + n_ops * u
+    diff = (ls_h - ls_f).abs()
+    assert bool((diff[present] <= tol[present]).all()), (diff, tol)

@@ -56,6 +56,7 @@ also catches one misplaced token.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from collections.abc import Iterator
@@ -974,3 +975,189 @@ def test_minilm_information_per_layer(minilm_dir: Path, sst2_dev_path: Path) -> 
     bound = SE_FACTOR * (se_a.square() + se_b.square()).sqrt() + ROUND_OFF
     assert bool(((ls_a - ls_b).abs() <= bound).all()), (ls_a - ls_b).abs() / bound
     assert_no_hooks(model)
+
+
+# --- (9) the σ_S shipped with the package -------------------------------------------
+#
+# The packaged MiniLM's σ_S over 5,000 SST-2 train sentences ships as
+# captum_perturb/data/all-MiniLM-L6-v2.state_std.npz (python -m comparisons.packaged_std);
+# explain_layers uses a shipped file whenever the model's weights hash matches.
+
+SHIPPED_LAYERS = list(range(7))
+SHIPPED_DIM = 384
+
+# Tolerance of the recompute (test_shipped_state_std_recomputes_from_sst2_train). The
+# recompute is deterministic: the same code, weights, rows and thread count give the
+# same bits (measured here: identical). Another machine or BLAS may sum in another order.
+# (1) σ_S is a seminorm of the centred states, so for states perturbed by δ,
+#     |σ_S(s + δ) − σ_S(s)| ≤ rms(δ) (triangle inequality); the mean moves by at most
+#     mean|δ| ≤ rms(δ). (2) A float32 dot product of length K summed in another order
+#     differs by about √K·u relative (u = 2⁻²⁴ ≈ 6e-8; Higham & Mary's probabilistic
+#     bound), ≤ √1536·u ≈ 2.4e-6 for MiniLM's widest reduction (the FFN's 1,536). Each
+#     of the 6 blocks chains about 6 such reductions (QKᵀ, softmax·V, output projection,
+#     two FFN matmuls, LayerNorm), 36 in all; adding their bounds gives a relative error
+#     of the token states — and of their mean over tokens — of at most ≈ 8.6e-5, so
+#     ε = 1e-4 of each element's rms = sqrt(σ_S² + mean²) (which bounds |s|'s scale),
+#     plus u·σ_S for the final float32 rounding. (Measured with batches of 7 instead of
+#     32, i.e. other matmul shapes: at most 1.2e-7 of the rms.)
+RECOMPUTE_EPS = 1e-4
+FLOAT32_U = 2.0**-24
+
+
+def _shipped() -> Any:
+    from captum_perturb.packaged_std import load_packaged, packaged_files
+
+    files = packaged_files()
+    assert [f.name for f in files] == ["all-MiniLM-L6-v2.state_std.npz"]
+    return load_packaged(files[0])
+
+
+def test_shipped_state_std_file() -> None:
+    from comparisons import packaged_std as recipe
+
+    shipped = _shipped()
+    assert sorted(shipped.std) == SHIPPED_LAYERS == sorted(shipped.mean)
+    assert shipped.meta["layers"] == SHIPPED_LAYERS and shipped.meta["dim"] == SHIPPED_DIM
+    for k in SHIPPED_LAYERS:
+        std, mean = shipped.std[k], shipped.mean[k]
+        assert std.shape == mean.shape == (SHIPPED_DIM,)
+        assert std.dtype == mean.dtype == torch.float32
+        assert bool(torch.isfinite(mean).all())
+        assert bool((std > 0).all()), f"layer {k}: σ_S must be positive (or inf)"
+    # MiniLM's last layer has three constant elements (as over SST-2 dev, section 8)
+    assert [int(shipped.std[k].isinf().sum()) for k in SHIPPED_LAYERS] == [0] * 6 + [3]
+    meta = shipped.meta
+    assert len(meta["weights_sha256"]) == 64 and meta["model_type"] == "BertModel"
+    r = meta["recipe"]
+    assert (r["file"], r["rows"], r["seed"], r["token_reduction"]) == (
+        "sst2/train.tsv",
+        recipe.ROWS,
+        recipe.SEED,
+        "mean",
+    )
+    assert r["batch_size"] == recipe.BATCH_SIZE and r["constant_rtol"] == recipe.CONSTANT_RTOL
+
+
+@pytest.mark.slow
+def test_shipped_state_std_belongs_to_the_packaged_minilm(minilm_dir: Path) -> None:
+    from captum_perturb.packaged_std import packaged_state_std, state_numel, weights_hash
+
+    model = transformers.AutoModel.from_pretrained(minilm_dir).eval()
+    meta = _shipped().meta
+    assert state_numel(model) == meta["state_numel"]
+    assert weights_hash(model) == meta["weights_sha256"], (
+        "the packaged MiniLM's weights changed: regenerate the file with "
+        "python -m comparisons.packaged_std"
+    )
+    found = packaged_state_std(model)
+    assert found is not None and found.path.name == "all-MiniLM-L6-v2.state_std.npz"
+
+
+@pytest.mark.slow
+def test_shipped_state_std_recomputes_from_sst2_train(
+    minilm_dir: Path, sst2_train_path: Path
+) -> None:
+    """The shipped file is what its recipe computes (about a minute on one core)."""
+    import warnings
+
+    from comparisons import packaged_std as recipe
+
+    shipped = _shipped()
+    sentences = recipe.corpus_rows(sst2_train_path)
+    assert recipe.corpus_sha256(sentences) == shipped.meta["recipe"]["corpus_sha256"]
+    model = transformers.AutoModel.from_pretrained(minilm_dir).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "3 of 384 elements", UserWarning)
+        std, mean, layers = recipe.compute(model, tokenizer, sentences)
+    assert layers == SHIPPED_LAYERS
+    for k in layers:
+        s0, m0 = shipped.std[k].double(), shipped.mean[k].double()
+        s1, m1 = torch.from_numpy(std[k]).double(), torch.from_numpy(mean[k]).double()
+        finite = torch.isfinite(s0)
+        assert torch.equal(torch.isfinite(s1), finite), f"layer {k}: other constant elements"
+        rms = (s0[finite].square() + m0[finite].square()).sqrt()
+        bound = RECOMPUTE_EPS * rms + FLOAT32_U * s0[finite]
+        err = (s1[finite] - s0[finite]).abs()
+        assert bool((err <= bound).all()), f"layer {k}: σ_S off by {(err / bound).max():.3g} bounds"
+        assert bool(((m1 - m0)[finite].abs() <= bound).all()), f"layer {k}: mean"
+
+
+def _fake_shipped(model: nn.Module, std: dict[int, Tensor], folder: Path) -> Path:
+    """Write a shipped-σ_S file for ``model`` into ``folder`` (the real format)."""
+    import numpy as np
+
+    from captum_perturb.packaged_std import SUFFIX, state_numel, weights_hash
+
+    layers = sorted(std)
+    meta = {
+        "model_type": type(model).__name__,
+        "weights_sha256": weights_hash(model),
+        "state_numel": state_numel(model),
+        "layers": layers,
+        "dim": int(std[layers[0]].numel()),
+        "recipe": {"file": "test corpus", "rows": 3, "seed": 0},
+    }
+    stacked = torch.stack([std[k] for k in layers]).numpy()
+    path = folder / f"tiny{SUFFIX}"
+    np.savez(path, std=stacked, mean=np.zeros_like(stacked), meta=np.array(json.dumps(meta)))
+    return path
+
+
+def test_shipped_std_is_used_for_matching_weights_only(
+    bert_setup: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import warnings
+
+    import captum_perturb.packaged_std as packaged_std
+    from captum_perturb._base import embedding_sigma_max
+
+    model, std, ids, mask = bert_setup
+    model = copy.deepcopy(model)  # its weights are changed below
+    enc = {"input_ids": ids, "attention_mask": mask}
+    monkeypatch.setattr(packaged_std, "DATA_DIR", tmp_path)
+    monkeypatch.setattr(packaged_std, "_LOADED", {})
+    _fake_shipped(model, std, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fallback warning
+        auto = explain_layers(model, enc, layers=[0, 2], seed=3)
+    assert auto.normaliser == {"0": "packaged state_std", "2": "packaged state_std"}
+    given = explain_layers(model, enc, layers=[0, 2], state_std=std, seed=3)
+    assert given.normaliser == {"0": "state_std", "2": "state_std"}
+    # the same σ_S, the same noise: the same bits (only the label differs)
+    assert_identical(dataclasses.replace(auto, normaliser=given.normaliser), given)
+    assert auto.sigma_max == embedding_sigma_max(model.get_input_embeddings().weight)
+    # a weight changed in place: another model, the shipped σ_S no longer applies
+    with torch.no_grad():
+        model.encoder.layer[1].output.dense.weight.mul_(2.0)
+    with pytest.warns(UserWarning, match="not comparable across layers, sentences or models"):
+        changed = explain_layers(model, enc, layers=[0, 2], seed=3)
+    assert changed.normaliser == {"0": "mean square fallback", "2": "mean square fallback"}
+
+
+def test_batches_group_by_length_and_trim_right_padding() -> None:
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]])
+    got = layerwise._batches(mask, 2)
+    assert [(r.tolist(), w) for r, w in got] == [([1, 3], 2), ([0, 2], 4)]
+    left = mask.flip(1)  # left padding: trailing columns are not padding, nothing trimmed
+    assert [w for _, w in layerwise._batches(left, 2)] == [4, 4]
+
+
+@pytest.mark.slow
+def test_packaged_minilm_needs_no_data(
+    minilm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ../shared the packaged MiniLM is explained with the shipped σ_S: the same
+    bits as passing it explicitly, no fallback, no warning."""
+    import warnings
+
+    monkeypatch.setenv("CAPTUM_PERTURB_DATA", str(tmp_path))  # an empty folder: no SST-2
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    model = transformers.AutoModel.from_pretrained(minilm_dir).eval()
+    enc = tokenizer([SENTENCE], return_tensors="pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        auto = explain_layers(model, enc, layers=[0, 1], tokenizer=tokenizer)
+    assert auto.normaliser == {"0": "packaged state_std", "1": "packaged state_std"}
+    given = explain_layers(model, enc, layers=[0, 1], state_std=_shipped().std, tokenizer=tokenizer)
+    assert_identical(dataclasses.replace(auto, normaliser=given.normaliser), given)

@@ -177,3 +177,25 @@ def test_layer_part_writes_every_layer(encoder: TextModel, tmp_path: Path) -> No
     page = (out / "explanation.html").read_text(encoding="utf-8")
     assert all(name in page for name in ("embeddings", "layer 1", "layer 2"))
     assert (out / "explanation.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_layers_are_the_same_with_or_without_the_data(
+    minilm_dir: Path, sst2_dev_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The packaged MiniLM's explanation does not depend on ../shared: both runs use the
+    σ_S shipped with the package (issue 9: without the data every layer used to switch to
+    the fallback normaliser and the picture changed)."""
+    import json
+
+    args = ["--layers", "0,1", "--compare-n", "0"]
+    monkeypatch.setenv("CAPTUM_PERTURB_DATA", str(sst2_dev_path.parent.parent))
+    assert main_job.main([*args, "--out", str(tmp_path / "with")]) == 0
+    monkeypatch.setenv("CAPTUM_PERTURB_DATA", str(tmp_path / "empty"))
+    assert main_job.main([*args, "--out", str(tmp_path / "without")]) == 0
+    runs = [
+        json.loads((tmp_path / name / "explanation.json").read_text(encoding="utf-8"))
+        for name in ("with", "without")
+    ]
+    assert runs[0]["normaliser"] == {"0": "packaged state_std", "1": "packaged state_std"}
+    assert runs[0] == runs[1]  # the same σ_S and seed: the same bits

@@ -22,6 +22,7 @@ from captum_perturb.functional.problem import (
     StateFn,
     check_finite,
 )
+from captum_perturb.normalizer import fallback_mean_square
 
 __all__ = ["SigmaEstimate", "StateFn", "check_finite", "estimate_sigma", "state_weights"]
 
@@ -59,12 +60,7 @@ def state_weights(state: Tensor, state_std: Tensor | None, output_mask: Tensor |
             UserWarning,
             stacklevel=3,
         )
-        mean_sq = (mask * state.square()).reshape(state.shape[0], -1).sum(1) / count
-        if bool((mean_sq <= torch.finfo(state.dtype).tiny).any()):
-            raise ValueError(
-                "The explained state is zero for some example, so the fallback normaliser "
-                "mean(Φ(x)²) is zero. Pass state_std estimated on a corpus."
-            )
+        mean_sq = fallback_mean_square(state, mask)
         return mask / (mean_sq * count).reshape(view)
     std = torch.as_tensor(state_std, dtype=state.dtype, device=state.device)
     try:

@@ -17,6 +17,19 @@ from captum_perturb.functional._groups import chunks, collect, flat_index, group
 StateFn = Callable[[tuple[Tensor, ...], Tensor], Tensor]
 
 _HALF_LOG_2PIE = 0.5 * math.log(2 * math.pi * math.e)
+#: a group whose log σ is within this of log σ_max sits at the bound
+_AT_BOUND = 1e-6
+
+
+def channel_score(log_sigma_max: Tensor, log_sigma_free: Tensor) -> Tensor:
+    r"""Nats per dimension a Gaussian channel of noise σ* passes about a word of spread
+    σ_max: :math:`	frac12\log(1 + \sigma_{max}^2/\sigma^{*2})` (0 for σ* = ∞)."""
+    return 0.5 * torch.nn.functional.softplus(2.0 * (log_sigma_max - log_sigma_free))
+
+
+def score_slope(log_sigma_max: Tensor, log_sigma_free: Tensor) -> Tensor:
+    r""":math:`-\partial\,	ext{score}/\partial\log\sigma^*` of :func:`channel_score`, in (0, 1)."""
+    return torch.sigmoid(2.0 * (log_sigma_max - log_sigma_free))
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,13 @@ class SigmaEstimate:
             Jacobian projections and every noise draw).
         evaluations: ``(B,)`` the same count per example, so that the cost of examples
             that stop at different iterations can be compared.
+        log_sigma_free: ``(B, G)`` :math:`\log\sigma^*_g`, the stationary point of the
+            objective without the bound, from the curvature :math:`a_g` measured at the
+            returned σ: :math:`\sigma^{*2}_g = c_g / (2 a_g)`. Inside the bound it is
+            ``log_sigma``; at the bound it is ``>= log σ_max`` and says how far the group
+            is from being needed (``+inf`` where the group has no effect on the state).
+        no_effect: ``(B, G)`` groups that moved the state in no draw and no Jacobian
+            projection (padding counted as words, a constant model).
     """
 
     log_sigma: Tensor
@@ -54,6 +74,8 @@ class SigmaEstimate:
     n_iter: int
     n_evaluations: int
     evaluations: Tensor
+    log_sigma_free: Tensor
+    no_effect: Tensor
 
     @property
     def sigma(self) -> Tensor:
@@ -72,6 +94,56 @@ class SigmaEstimate:
         :math:`m_g \log(\sigma_{max}/\sigma_g)`, the entropy below the maximum.
         """
         return self.group_size * self.log_ratio
+
+    @property
+    def saturated(self) -> Tensor:
+        """``(B, G)`` groups whose σ sits at the bound σ_max (False where absent)."""
+        at = self.log_sigma >= self.sigma_max.log()[:, None] - _AT_BOUND
+        return at & (self.group_size > 0)
+
+    @property
+    def saturated_fraction(self) -> Tensor:
+        """``(B,)`` fraction of each example's groups at the bound σ_max."""
+        return self.saturated.sum(1) / (self.group_size > 0).sum(1).clamp_min(1)
+
+    @property
+    def pressure(self) -> Tensor:
+        r"""``(B, G)`` :math:`p_g / c_g = \sigma_g^2/\sigma_g^{*2} = 2 a_g\sigma_g^2 / c_g`.
+
+        How hard the data term pushes back against more noise, relative to the entropy
+        term's pull: 1 inside the bound (the stationarity condition), below 1 at the
+        bound, where :math:`1 - p_g/c_g` is the KKT multiplier of the bound in units of
+        :math:`c_g`; 0 for a group without effect.
+        """
+        return (2.0 * (self.log_sigma - self.log_sigma_free)).exp()
+
+    @property
+    def score(self) -> Tensor:
+        r"""``(B, G)`` the channel score, nats per dimension (the default attribution).
+
+        .. math::
+
+            s_g = 	frac12 \logigl(1 + \sigma_{max}^2 / \sigma_g^{*2}igr) \ge 0,
+
+        the information a Gaussian channel with noise :math:`\sigma^*_g` passes about a
+        word of spread σ_max. Inside the bound :math:`\sigma^* = \sigma` and
+        :math:`s_g = \log(\sigma_{max}/\sigma_g) + 	frac12\log(1 + \sigma_g^2/\sigma_{max}^2)`,
+        the paper's score up to at most :math:`	frac12\log 2`; at the bound it keeps
+        ranking groups by their pressure (:attr:`pressure`) instead of tying them at 0,
+        and it is 0 only for a group with no effect on the state.
+        """
+        return channel_score(self.sigma_max.log()[:, None], self.log_sigma_free)
+
+    @property
+    def score_std_error(self) -> Tensor:
+        """``(B, G)`` standard error of :attr:`score` (from that of log σ*)."""
+        slope = score_slope(self.sigma_max.log()[:, None], self.log_sigma_free)
+        return torch.where(self.no_effect, torch.zeros_like(slope), slope * self.std_error)
+
+    @property
+    def channel_information(self) -> Tensor:
+        """``(B, G)`` nats of each group the channel passes, :math:`m_g s_g` (:attr:`score`)."""
+        return self.group_size * self.score
 
 
 def check_finite(t: Tensor, what: str) -> None:
@@ -145,7 +217,8 @@ class Problem:
         ``n_proj`` reaches the state's size ``M`` the standard basis gives the exact norms.
 
         Returns:
-            The estimate ``(B, G)`` and the variance of that estimate (0 when exact).
+            The estimate ``(B, G)`` and the variance of that estimate (0 when exact, ``inf``
+            when unknown: a single random projection).
         """
         size = self.state[0].numel()
         batch = self.batch
@@ -156,7 +229,8 @@ class Problem:
             proj = basis.repeat_interleave(batch, dim=0)
         else:
             gauss = randn((batch, size, n_proj), self.state, generator)
-            q = torch.linalg.qr(gauss).Q * math.sqrt(size)  # (B, M, P)
+            # QR in float32 at least (no half-precision QR kernels)
+            q = torch.linalg.qr(gauss.float()).Q.to(gauss.dtype) * math.sqrt(size)  # (B, M, P)
             proj = q.permute(2, 0, 1).reshape(n_proj * batch, size)
         rows = torch.arange(batch, device=self.state.device).repeat(n_proj)
         proj = proj.reshape(len(rows), *self.state.shape[1:]) * self.weight[rows].sqrt()
@@ -185,18 +259,22 @@ class Problem:
             acc.index_add_(0, r, per_row)
             acc_sq.index_add_(0, r, per_row.square())
         mean = acc / n_proj
-        if exact or n_proj < 2:
+        if exact:
             return mean, torch.zeros_like(mean)
+        if n_proj < 2:  # one projection cannot tell its own error: say unknown, not exact
+            return mean, torch.full_like(mean, float("inf"))
         var = (acc_sq / n_proj - mean.square()).clamp_min(0) / (n_proj - 1)
         return mean, var
 
-    def solve(self, a: Tensor, examples: Tensor | None = None) -> Tensor:
+    def solve(self, a: Tensor, examples: Tensor | None = None, clamp: bool = True) -> Tensor:
         r"""log σ minimising the local quadratic model :math:`\sum_g a_g\sigma_g^2` plus the
         entropy term, :math:`\sigma_g^2 = c_g / (2 a_g)`, clamped at σ_max.
 
         Args:
-            a: ``(E, G)`` curvature of each group; ``a_g <= 0`` gives σ_max.
+            a: ``(E, G)`` curvature of each group; ``a_g <= 0`` gives σ_max (``+inf``
+                without the clamp).
             examples: which examples the rows of ``a`` are (default: all, in order).
+            clamp: clamp at σ_max (False: the unconstrained stationary point log σ*).
         """
         coef, smax = (
             (self.coef, self.sigma_max)
@@ -205,6 +283,8 @@ class Problem:
         )
         tiny = torch.finfo(a.dtype).tiny
         u = 0.5 * (torch.log(coef.clamp_min(tiny)) - math.log(2.0) - torch.log(a.clamp_min(tiny)))
+        if not clamp:
+            return torch.where(a > 0, u, torch.full_like(u, float("inf")))
         return torch.minimum(u, smax.log()[:, None].expand_as(a))
 
     def spread(self, values: Tensor, rows: Tensor) -> tuple[Tensor, ...]:
@@ -253,6 +333,39 @@ class Problem:
             res_rows.append(res.detach())
         return torch.cat(grad_rows), torch.cat(res_rows)
 
+    def curvature(
+        self, log_sigma: Tensor, n_samples: int, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        r"""Plain Monte-Carlo curvature :math:`a_g(\sigma)` at a given σ, from fresh draws.
+
+        Each draw's pathwise :math:`q_g = (\partial R/\partial\log\sigma_g)/(2\sigma_g^2)`
+        has mean :math:`a_g`; used to check an estimate that has no stopping rule.
+
+        Args:
+            log_sigma: ``(B, G)`` where to measure.
+            n_samples: draws per example (at least 2).
+            generator: source of the noise.
+
+        Returns:
+            ``ā`` ``(B, G)``, the standard error of :math:`\tfrac12\log ā` ``(B, G)``,
+            whether any draw moved the state through the group ``(B, G)``, and the mean
+            reconstruction term at σ ``(B,)``.
+        """
+        f64 = torch.float64
+        rows = torch.arange(self.batch, device=log_sigma.device).repeat(n_samples)
+        grads, res = self.sample_gradients(log_sigma[rows], rows, self.draw(rows, generator))
+        q = grads.to(f64) / (2.0 * (2.0 * log_sigma[rows]).exp()).to(f64)
+        zeros = torch.zeros(self.batch, self.n_groups, dtype=f64, device=q.device)
+        mean = zeros.index_add(0, rows, q) / n_samples
+        var = (zeros.index_add(0, rows, q * q) / n_samples - mean.square()).clamp_min(0)
+        var = var / (n_samples - 1)  # of the mean, with Bessel's correction
+        tiny = torch.finfo(f64).tiny
+        se = 0.5 * var.sqrt() / mean.abs().clamp_min(tiny)
+        moved = zeros.index_add(0, rows, (q != 0).to(f64)) > 0
+        rec = res.new_zeros(self.batch).index_add(0, rows, res) / n_samples
+        dtype = log_sigma.dtype
+        return mean.to(dtype), se.to(dtype).nan_to_num(posinf=float("inf")), moved, rec
+
     def finish(
         self,
         log_sigma: Tensor,
@@ -260,9 +373,13 @@ class Problem:
         reconstruction: Tensor,
         converged: Tensor,
         n_iter: int,
+        *,
+        log_sigma_free: Tensor,
+        no_effect: Tensor,
     ) -> SigmaEstimate:
         nan = torch.full_like(log_sigma, float("nan"))
         log_sigma = torch.where(self.present, log_sigma, nan)
+        free = torch.where(no_effect, torch.full_like(log_sigma, float("inf")), log_sigma_free)
         rel = log_sigma - self.sigma_max.log()[:, None]
         penalty = (self.coef * torch.where(self.present, rel, torch.zeros_like(rel))).sum(1)
         return SigmaEstimate(
@@ -277,4 +394,6 @@ class Problem:
             n_iter=n_iter,
             n_evaluations=int(self.evaluations.sum()),
             evaluations=self.evaluations,
+            log_sigma_free=torch.where(self.present, free, nan),
+            no_effect=no_effect & self.present,
         )

