@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from captum_perturb._base import embedding_sigma_max, make_generator
 from captum_perturb._blocks import staircase, transformer_blocks
+from captum_perturb._diagnostics import warn_if_needed
 from captum_perturb._hooks import StopForwardError, first_tensor, run_until_captured
 from captum_perturb._model_state import evaluation_mode
 from captum_perturb.config import LAYERWISE, EstimatorConfig
@@ -455,6 +456,15 @@ def explain_layers(
             show_progress=show_progress,
             progress_desc="information per layer",
         )
+    # one warning per call (the sentence × layer estimates are the examples here)
+    warn_if_needed(
+        estimate,
+        config or LAYERWISE,
+        masked=True,
+        score="paper",
+        who="explain_layers",
+        stacklevel=2,
+    )
 
     def grid(t: Tensor) -> Tensor:
         full = torch.full((len(ex_sent), n_tok), float("nan"), dtype=t.dtype, device=t.device)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -128,6 +129,12 @@ def run(
                 seed=i,
             )
         est = res.estimate
+        print(
+            f"{name}: {i + len(est.converged)}/{len(dev)} sentences, "
+            f"{time.perf_counter() - start:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
         present = est.group_size > 0
         score = est.score
         paper = est.log_ratio
@@ -187,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", default="1,2,3,4,5,6")
     parser.add_argument("--workloads", default=None, help="comma-separated names (default all)")
     parser.add_argument("--norm", choices=("rms", "max"), default=DEFAULT.norm)
+    parser.add_argument("--max-iter", type=int, default=DEFAULT.max_iter)
     parser.add_argument("--no-classifier", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
@@ -201,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator().manual_seed(0)
     pick = torch.randperm(len(train_rows), generator=gen)[: args.corpus].tolist()
     train = [train_rows[i][0] for i in pick]
-    config = FixedPointConfig(**{**DEFAULT.__dict__, "norm": args.norm})
+    config = FixedPointConfig(**{**DEFAULT.__dict__, "norm": args.norm, "max_iter": args.max_iter})
     results = []
     for name in chosen:
         results.append(run(name, specs[name], dev, train, config, args.batch))

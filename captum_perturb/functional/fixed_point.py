@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -20,6 +21,79 @@ from captum_perturb.functional.problem import (
 #: the scale h of the linearised twin draw (σ -> hσ); small enough to be linear,
 #: large enough for float32 differences of the state
 _LINEAR_SCALE = 1e-2
+#: the step δ in log σ of the re-evaluations that measure how the curvature moves with σ;
+#: with random signs the O(δ) term of the one-sided difference vanishes in expectation
+_GAMMA_STEP = 0.1
+#: one draw in this many per iteration is re-evaluated at log σ + δ v (same noise)
+_GAMMA_EVERY = 4
+_F64 = torch.float64
+#: pooled sums: weights, squared weights, q, its twin l, their products, and the
+#: re-evaluations' (∂q/∂u)·v v (mean: the diagonal of ∂a/∂u) with their weights
+_SUMS = ("n", "w2", "q", "l", "qq", "ll", "ql", "dv", "nd")
+_PER_EXAMPLE = ("n", "w2", "nd")
+
+
+@dataclass
+class _Draws:
+    """One iteration's draws: q (mean a_g), the twins l, residuals, curvature slopes."""
+
+    rows: Tensor
+    q: Tensor
+    lin: Tensor
+    res: Tensor
+    fd_rows: Tensor
+    dv: Tensor
+
+
+def _draw(
+    prob: Problem,
+    u: Tensor,
+    active: Tensor,
+    use_cv: Tensor,
+    cfg: FixedPointConfig,
+    gen: torch.Generator | None,
+) -> _Draws:
+    """``n_samples`` draws per active example at ``u``, with their linearised twins (where
+    the control variate is on) and, for one draw in ``_GAMMA_EVERY``, a re-evaluation of the
+    same noise at ``u + δ v`` (``v`` random signs per group)."""
+    rows = active.repeat(cfg.n_samples)
+    noise = prob.draw(rows, gen)
+    twin = use_cv[rows]
+    t_rows = rows[twin]
+    fd_rows = rows[: len(active) * max(1, cfg.n_samples // _GAMMA_EVERY)]
+    n_r, n_t, n_f = len(rows), len(t_rows), len(fd_rows)
+    v = torch.randint(0, 2, (n_f, u.shape[1]), generator=gen, device=u.device).to(u.dtype)
+    v = 2 * v - 1
+    u_all = torch.cat([u[rows], u[t_rows] + math.log(_LINEAR_SCALE), u[fd_rows] + _GAMMA_STEP * v])
+    grads, res = prob.sample_gradients(
+        u_all,
+        torch.cat([rows, t_rows, fd_rows]),
+        tuple(torch.cat([z, z[twin], z[:n_f]]) for z in noise),
+    )
+    # q = (∂R/∂log σ_g) / (2σ_g²) of each copy, whose mean is the curvature a_g(σ)
+    q_all = grads.to(_F64) / (2.0 * (2.0 * u_all).exp()).to(_F64)
+    q = q_all[:n_r]
+    lin = torch.zeros_like(q)
+    lin[twin] = q_all[n_r : n_r + n_t]  # q of the twin at hσ: its mean is a_lin
+    dv = (q_all[n_r + n_t :] - q[:n_f]) / _GAMMA_STEP * v.to(_F64)
+    return _Draws(rows=rows, q=q, lin=lin, res=res[:n_r], fd_rows=fd_rows, dv=dv)
+
+
+def _pool(sums: dict[str, Tensor], d: _Draws, weight: float) -> None:
+    """Add one iteration's draws, weighted, to the pooled sums."""
+    ones = torch.ones(len(d.rows), 1, dtype=_F64, device=d.q.device)
+    for key, val in (
+        ("n", ones),
+        ("w2", ones * weight),
+        ("q", d.q),
+        ("l", d.lin),
+        ("qq", d.q * d.q),
+        ("ll", d.lin * d.lin),
+        ("ql", d.q * d.lin),
+    ):
+        sums[key].index_add_(0, d.rows, val * weight)
+    sums["dv"].index_add_(0, d.fd_rows, d.dv * weight)
+    sums["nd"].index_add_(0, d.fd_rows, ones[: len(d.fd_rows)] * weight)
 
 
 def fixed_point(
@@ -37,10 +111,7 @@ def fixed_point(
     # projections): ā = mean(q) - β (mean(l) - a_lin) with the variance-optimal β per
     # group. Exact for a linear state (q = l), plain Monte Carlo when they decorrelate.
     # The moments are kept in float64: where q ≈ l their float32 differences cancel.
-    names = ("n", "w2", "q", "l", "qq", "ll", "ql")
-    f64 = torch.float64
-    sums = {k: u.new_zeros(batch, 1 if k in ("n", "w2") else n_groups, dtype=f64) for k in names}
-    tiny64 = torch.finfo(f64).tiny
+    sums = {k: u.new_zeros(batch, 1 if k in _PER_EXAMPLE else n_groups, dtype=_F64) for k in _SUMS}
     std_error = torch.full_like(u, float("nan"))
     # log σ* without the bound, from the latest curvature (the first-order one to start)
     u_free = prob.solve(a_lin, clamp=False)
@@ -48,7 +119,6 @@ def fixed_point(
     reconstruction = u.new_zeros(batch)
     converged = torch.zeros(batch, dtype=torch.bool, device=u.device)
     n_iter = 0
-    log_h = math.log(_LINEAR_SCALE)
     # "auto" tries twins only where the projections are exact: elsewhere their error,
     # which no number of draws removes, makes the control variate lose (measured).
     exact = (a_lin_var == 0).all(1)
@@ -66,77 +136,18 @@ def fixed_point(
             # forget the draws taken on the way from the first-order start
             for acc in sums.values():
                 acc[active] = 0.0
+        draws = _draw(prob, u, active, use_cv, cfg, generator)
         # later draws weigh more (weight k for the k-th pooled iteration): the curvature
         # depends on σ, and the early draws were taken at a σ further from the current one
-        weight = float(max(1, it - cfg.burn_in))
-        rows = active.repeat(cfg.n_samples)
-        noise = prob.draw(rows, generator)
-        scale = 2.0 * (2.0 * u[rows]).exp()
-        twin = use_cv[rows]  # rows that also get their linearised twin
-        t_rows = rows[twin]
-        both = torch.cat([rows, t_rows])
-        u_both = torch.cat([u[rows], u[t_rows] + log_h])
-        grads, res = prob.sample_gradients(
-            u_both, both, tuple(torch.cat([z, z[twin]]) for z in noise)
-        )
-        q = grads[: len(rows)].to(f64) / scale.to(f64)
-        lin = torch.zeros_like(q)
-        lin[twin] = grads[len(rows) :].to(f64) / (scale[twin].to(f64) * _LINEAR_SCALE**2)
-        res = res[: len(rows)]
-        ones = torch.ones(len(rows), 1, dtype=f64, device=u.device)
-        for key, val in (
-            ("n", ones),
-            ("w2", ones * weight),
-            ("q", q),
-            ("l", lin),
-            ("qq", q * q),
-            ("ll", lin * lin),
-            ("ql", q * lin),
-        ):
-            sums[key].index_add_(0, rows, val * weight)
-        moving = torch.zeros_like(sums["q"]).index_add_(0, rows, (q != 0).to(f64))
+        _pool(sums, draws, float(max(1, it - cfg.burn_in)))
+        moving = torch.zeros_like(sums["q"]).index_add_(0, draws.rows, (draws.q != 0).to(_F64))
         touched |= moving > 0
-        rec = torch.zeros_like(reconstruction).index_add_(0, rows, res) / cfg.n_samples
-
-        s = {k: v[active] for k, v in sums.items()}
-        n = s["n"]  # the sum of the weights; n_eff draws give the weighted mean's variance
-        n_eff = n.square() / s["w2"]
-        mq, ml = s["q"] / n, s["l"] / n
-        var_q = (s["qq"] / n - mq * mq).clamp_min(0)
-        var_l = (s["ll"] / n - ml * ml).clamp_min(0)
-        cov = s["ql"] / n - mq * ml
-        v_proj = a_lin_var[active].to(f64)
+        rec = torch.zeros_like(reconstruction).index_add_(0, draws.rows, draws.res)
+        rec = rec / cfg.n_samples
         if it == 1 and cfg.control_variate == "auto":
-            # a twin doubles the cost of a draw: keep the twins of an example only if the
-            # control-variate estimate from the most draws the run may pool (n_full)
-            # beats plain Monte Carlo from twice as many; the projections' error does not
-            # shrink with draws, so in practice twins stay where projections are exact
-            n_full = float(cfg.n_samples * max(1, cfg.max_iter - cfg.burn_in))
-            gain = (cov / n_full).square() / (var_l / n_full + v_proj).clamp_min(tiny64)
-            with_cv = var_q / n_full - gain
-            keep = prob.present[active]
-            ratio = (with_cv / (var_q / (2 * n_full)).clamp_min(tiny64) * keep).sum(1)
-            drop = active[ratio / keep.sum(1).clamp_min(1) >= 1]
+            drop = _drop_twins(sums, active, prob.present, a_lin_var, cfg)
             use_cv[drop] = False
-            for key in ("l", "ll", "ql"):
-                sums[key][drop] = 0.0
-            s = {k: v[active] for k, v in sums.items()}
-            ml = s["l"] / n
-            var_l = (s["ll"] / n - ml * ml).clamp_min(0)
-            cov = s["ql"] / n - mq * ml
-        # ā = mean(q) - β (mean(l) - a_lin) with the variance-optimal β, which accounts
-        # for the projections' own error: β = Cov(q, l) / (Var(l) + n Var(a_lin)). It
-        # tends to 0 (plain Monte Carlo, unbiased) as the draws outnumber the projections.
-        denom = var_l + n_eff * v_proj
-        beta = torch.where(denom > tiny64, cov / denom.clamp_min(tiny64), torch.zeros_like(cov))
-        a_cv = mq - beta * (ml - a_lin[active].to(f64))
-        var_cv = (var_q / n_eff - beta * cov / n_eff).clamp_min(0)
-        # a curvature is positive: where the fitted control variate overshoots to <= 0
-        # (β misjudged on a kink), use the plain mean of the draws instead
-        cv_ok = a_cv > 0
-        a_bar64 = torch.where(cv_ok, a_cv, mq)
-        var_a = torch.where(cv_ok, var_cv, var_q / n_eff) / (1 - 1 / n_eff.clamp_min(2))
-        se = (0.5 * var_a.sqrt() / a_bar64.abs().clamp_min(tiny64)).to(u.dtype)
+        a_bar64, se_lin = _curvature(sums, active, a_lin, a_lin_var)
         a_bar = a_bar64.to(u.dtype)
         u_old = u[active]
         # a group the draws did move but whose curvature estimate is not positive yet is
@@ -148,6 +159,8 @@ def fixed_point(
         target = torch.minimum(free, log_max[active].expand_as(free))
         target = torch.where(unknown, u_old, target)
         u_new = u_old + cfg.damping * (target - u_old)
+        interior = ~unknown & (target < log_max[active] - _AT_BOUND)
+        se = _fixed_point_std_error(sums, active, a_bar64, se_lin, interior).to(u.dtype)
         # the reconstruction of this iteration's draws, carried to the returned σ by the
         # local quadratic model R(σ) ≈ Σ_g a_g σ_g² (exact for a linear state)
         carry = (a_bar * ((2 * u_new).exp() - (2 * u_old).exp())).nan_to_num(0.0).sum(1)
@@ -156,22 +169,17 @@ def fixed_point(
         u[active] = u_new
         u_free[active] = torch.where(u_new < log_max[active] - _AT_BOUND, u_new, free)
         std_error[active] = se
-        moved = (u_new - u_old).abs()
-        # the stopping rule on the reported score: log σ inside the bound, the channel
-        # score (how hard the data pushes back at σ_max) for groups at the bound
-        inside = u_new < log_max[active] - _AT_BOUND
-        factor = torch.where(
-            inside, torch.ones_like(se), score_slope(log_max[active], u_free[active])
-        )
-        score_step = (channel_score(log_max[active], u_free[active]) - score_old).abs()
-        keep = prob.present[active] & (factor > 0)  # a group without effect has no error
-        err_se = torch.where(keep, factor * se, torch.zeros_like(se))
-        err_se = torch.where(unknown, torch.full_like(se, float("inf")), err_se)
-        err_step = torch.where(inside, moved, score_step)
-        err_step = torch.where(prob.present[active], err_step, torch.zeros_like(se))
         if it >= cfg.min_iter:
-            converged[active] = (group_norm(err_se, prob.present[active], cfg.norm) <= cfg.tol) & (
-                group_norm(err_step, prob.present[active], cfg.norm) <= cfg.tol
+            converged[active] = _stopped(
+                prob.present[active],
+                u_new,
+                u_old,
+                u_free[active],
+                score_old,
+                se,
+                unknown,
+                log_max[active],
+                cfg,
             )
         progress()
     if n_iter == 0:
@@ -179,6 +187,121 @@ def fixed_point(
     no_effect = prob.present & (a_lin == 0) & ~touched
     return prob.finish(
         u, std_error, reconstruction, converged, n_iter, log_sigma_free=u_free, no_effect=no_effect
+    )
+
+
+def _drop_twins(
+    sums: dict[str, Tensor],
+    active: Tensor,
+    present: Tensor,
+    a_lin_var: Tensor,
+    cfg: FixedPointConfig,
+) -> Tensor:
+    """Examples whose twins do not pay (checked once, after the first iteration).
+
+    A twin doubles the cost of a draw: keep the twins of an example only if the
+    control-variate estimate from the most draws the run may pool (n_full) beats plain
+    Monte Carlo from twice as many; the projections' error does not shrink with draws, so
+    in practice twins stay where projections are exact. The dropped examples' twin sums
+    are cleared.
+    """
+    tiny64 = torch.finfo(_F64).tiny
+    s = {k: v[active] for k, v in sums.items()}
+    n = s["n"]
+    mq, ml = s["q"] / n, s["l"] / n
+    var_q = (s["qq"] / n - mq * mq).clamp_min(0)
+    var_l = (s["ll"] / n - ml * ml).clamp_min(0)
+    cov = s["ql"] / n - mq * ml
+    v_proj = a_lin_var[active].to(_F64)
+    n_full = float(cfg.n_samples * max(1, cfg.max_iter - cfg.burn_in))
+    gain = (cov / n_full).square() / (var_l / n_full + v_proj).clamp_min(tiny64)
+    with_cv = var_q / n_full - gain
+    keep = present[active]
+    ratio = (with_cv / (var_q / (2 * n_full)).clamp_min(tiny64) * keep).sum(1)
+    drop = active[ratio / keep.sum(1).clamp_min(1) >= 1]
+    for key in ("l", "ll", "ql"):
+        sums[key][drop] = 0.0
+    return drop
+
+
+def _curvature(
+    sums: dict[str, Tensor], active: Tensor, a_lin: Tensor, a_lin_var: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The pooled curvature ā ``(E, G)`` (float64) and the linear model's standard error of
+    ½ log ā.
+
+    ā = mean(q) - β (mean(l) - a_lin) with the variance-optimal β, which accounts for the
+    projections' own error: β = Cov(q, l) / (Var(l) + n Var(a_lin)). It tends to 0 (plain
+    Monte Carlo, unbiased) as the draws outnumber the projections. The variances use the
+    weighted effective number of draws n_eff = (Σw)² / Σw².
+    """
+    tiny64 = torch.finfo(_F64).tiny
+    s = {k: v[active] for k, v in sums.items()}
+    n = s["n"]
+    n_eff = n.square() / s["w2"]
+    mq, ml = s["q"] / n, s["l"] / n
+    var_q = (s["qq"] / n - mq * mq).clamp_min(0)
+    var_l = (s["ll"] / n - ml * ml).clamp_min(0)
+    cov = s["ql"] / n - mq * ml
+    denom = var_l + n_eff * a_lin_var[active].to(_F64)
+    beta = torch.where(denom > tiny64, cov / denom.clamp_min(tiny64), torch.zeros_like(cov))
+    a_cv = mq - beta * (ml - a_lin[active].to(_F64))
+    var_cv = (var_q / n_eff - beta * cov / n_eff).clamp_min(0)
+    # a curvature is positive: where the fitted control variate overshoots to <= 0
+    # (β misjudged on a kink), use the plain mean of the draws instead
+    cv_ok = a_cv > 0
+    a_bar = torch.where(cv_ok, a_cv, mq)
+    var_a = torch.where(cv_ok, var_cv, var_q / n_eff) / (1 - 1 / n_eff.clamp_min(2))
+    return a_bar, 0.5 * var_a.sqrt() / a_bar.abs().clamp_min(tiny64)
+
+
+def _fixed_point_std_error(
+    sums: dict[str, Tensor], active: Tensor, a_bar: Tensor, se_lin: Tensor, interior: Tensor
+) -> Tensor:
+    r"""Standard error of the fixed point's log σ, with the σ-dependence of the curvature.
+
+    The fixed point solves :math:`u_g = \tfrac12\log(c_g/2) - \tfrac12\log a_g(u)`, so an
+    error :math:`\eta_g` of :math:`\log\bar a_g` moves it by
+    :math:`\delta u_g \approx -\tfrac12\eta_g / (1 + \tfrac12\Gamma_{gg})` with
+    :math:`\Gamma_{gg} = \partial\log a_g/\partial u_g`, measured from the re-evaluations at
+    :math:`u + \delta v`. The linear model has :math:`\Gamma = 0`; a curvature that falls
+    as σ grows (saturation) makes the error larger. An interior group with
+    :math:`1 + \tfrac12\Gamma_{gg} \le 0` has no stable minimum: its error is infinite.
+    Groups at the bound (or unknown) keep the linear model's error (that of log σ*).
+    """
+    s = {k: v[active] for k, v in sums.items()}
+    slope = s["dv"] / s["nd"].clamp_min(torch.finfo(_F64).tiny)  # ≈ ∂a_g/∂u_g
+    gain = 1 + 0.5 * slope / a_bar.abs().clamp_min(torch.finfo(_F64).tiny)
+    measured = (s["nd"] > 0).expand_as(gain)
+    gain = torch.where(measured, gain, torch.ones_like(gain))
+    se = torch.where(gain > 0, se_lin / gain.clamp_min(1e-300), torch.full_like(se_lin, math.inf))
+    return torch.where(interior, se, se_lin)
+
+
+def _stopped(
+    present: Tensor,
+    u_new: Tensor,
+    u_old: Tensor,
+    u_free: Tensor,
+    score_old: Tensor,
+    se: Tensor,
+    unknown: Tensor,
+    log_max: Tensor,
+    cfg: FixedPointConfig,
+) -> Tensor:
+    """The stopping rule on the reported score: log σ inside the bound, the channel score
+    (how hard the data pushes back at σ_max) for groups at the bound; each group's standard
+    error and last change, as RMS or maximum (``cfg.norm``) at most ``cfg.tol``."""
+    inside = u_new < log_max - _AT_BOUND
+    factor = torch.where(inside, torch.ones_like(se), score_slope(log_max, u_free))
+    keep = present & (factor > 0)  # a group without effect has no error
+    err_se = torch.where(keep, factor * se, torch.zeros_like(se))
+    err_se = torch.where(unknown, torch.full_like(se, math.inf), err_se)
+    score_step = (channel_score(log_max, u_free) - score_old).abs()
+    err_step = torch.where(inside, (u_new - u_old).abs(), score_step)
+    err_step = torch.where(present, err_step, torch.zeros_like(se))
+    return (group_norm(err_se, present, cfg.norm) <= cfg.tol) & (
+        group_norm(err_step, present, cfg.norm) <= cfg.tol
     )
 
 
