@@ -55,6 +55,7 @@ import functools
 import itertools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,6 +63,8 @@ from contract import one_thread
 from numpy.polynomial.hermite_e import hermegauss
 from scipy.optimize import minimize
 from torch import Tensor
+
+from captum_perturb.functional import SigmaEstimate, estimate_sigma
 
 #: Gauss-Hermite nodes per dimension of the truth (checked against twice as many).
 NODES = 64
@@ -385,3 +388,17 @@ def tanh_truth() -> tuple[TanhProblem, Truth]:
         third=third,
     )
     return problem, truth
+
+
+def run_tanh(problem: TanhProblem, config: Any, seed: int) -> SigmaEstimate:
+    """One estimate of the tanh problem in float32 (what users run)."""
+    return estimate_sigma(
+        problem.state_fn(torch.float32),
+        problem.inputs(torch.float32),
+        problem.groups(),
+        sigma_max=problem.sigma_max,
+        rate=problem.rate,
+        state_std=problem.state_std_tensor(torch.float32),
+        config=config,
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -40,13 +40,11 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import torch
 from contract import one_thread
 from scipy import stats
-from tanh_truth import tanh_truth
+from tanh_truth import run_tanh, tanh_truth
 
 from captum_perturb import DEFAULT
-from captum_perturb.functional import estimate_sigma
 
 N_SEEDS = 40
 ALPHA = 1e-3  # family-wise false-alarm probability of the whole test
@@ -66,16 +64,7 @@ def test_default_standard_error_is_calibrated() -> None:
     at_bound: list[tuple[int, int]] = []
     converged = 0
     for seed in range(N_SEEDS):
-        est = estimate_sigma(
-            problem.state_fn(torch.float32),
-            problem.inputs(torch.float32),
-            problem.groups(),
-            sigma_max=problem.sigma_max,
-            rate=problem.rate,
-            state_std=problem.state_std_tensor(torch.float32),
-            config=DEFAULT,
-            generator=torch.Generator().manual_seed(1000 + seed),
-        )
+        est = run_tanh(problem, DEFAULT, 1000 + seed)
         log_sigma = est.log_sigma[0].double().numpy()
         se = est.std_error[0].double().numpy()
         converged += int(est.converged[0])

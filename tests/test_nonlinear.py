@@ -42,7 +42,7 @@ import numpy as np
 import pytest
 import torch
 from contract import ROUND_OFF, one_thread
-from tanh_truth import QUADRATURE_TOL, TanhProblem, Truth, tanh_truth
+from tanh_truth import QUADRATURE_TOL, TanhProblem, Truth, run_tanh, tanh_truth
 from torch import Tensor
 
 from captum_perturb import (
@@ -51,7 +51,7 @@ from captum_perturb import (
     LayerPerturbationEntropyAttribution,
     estimate_state_std,
 )
-from captum_perturb.functional import SigmaEstimate, estimate_sigma
+from captum_perturb.functional import SigmaEstimate
 from comparisons.resources import TUTORIAL_SENTENCE, load_encoder, sst2_dev
 
 SE_FACTOR = 4.0  # two-sided Gaussian tail 6e-5 per group
@@ -66,20 +66,6 @@ def _single_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def truth() -> tuple[TanhProblem, Truth]:
     return tanh_truth()
-
-
-def run_tanh(problem: TanhProblem, config: Any, seed: int) -> SigmaEstimate:
-    """One estimate of the tanh problem in float32 (what users run)."""
-    return estimate_sigma(
-        problem.state_fn(torch.float32),
-        problem.inputs(torch.float32),
-        problem.groups(),
-        sigma_max=problem.sigma_max,
-        rate=problem.rate,
-        state_std=problem.state_std_tensor(torch.float32),
-        config=config,
-        generator=torch.Generator().manual_seed(seed),
-    )
 
 
 # --- the truth itself ------------------------------------------------------------------

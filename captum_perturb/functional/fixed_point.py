@@ -245,8 +245,11 @@ def _curvature(
     cov = s["ql"] / n - mq * ml
     denom = var_l + n_eff * a_lin_var[active].to(_F64)
     beta = torch.where(denom > tiny64, cov / denom.clamp_min(tiny64), torch.zeros_like(cov))
+    # β = 1 for a linear state; from a handful of nearly identical twins the ratio is mostly
+    # round-off, so keep it where a control variate can help at all
+    beta = beta.clamp(0.0, 2.0)
     a_cv = mq - beta * (ml - a_lin[active].to(_F64))
-    var_cv = (var_q / n_eff - beta * cov / n_eff).clamp_min(0)
+    var_cv = (var_q - beta * cov).clamp_min(0) / n_eff
     # a curvature is positive: where the fitted control variate overshoots to <= 0
     # (β misjudged on a kink), use the plain mean of the draws instead
     cv_ok = a_cv > 0
@@ -265,17 +268,20 @@ def _fixed_point_std_error(
     :math:`\delta u_g \approx -\tfrac12\eta_g / (1 + \tfrac12\Gamma_{gg})` with
     :math:`\Gamma_{gg} = \partial\log a_g/\partial u_g`, measured from the re-evaluations at
     :math:`u + \delta v`. The linear model has :math:`\Gamma = 0`; a curvature that falls
-    as σ grows (saturation) makes the error larger. An interior group with
-    :math:`1 + \tfrac12\Gamma_{gg} \le 0` has no stable minimum: its error is infinite.
-    Groups at the bound (or unknown) keep the linear model's error (that of log σ*).
+    as σ grows (saturation) makes the error larger. The factor
+    :math:`1/(1 + \tfrac12\hat\Gamma_{gg})` is kept in [1, 4]: never below the linear
+    model's error (a noisy :math:`\hat\Gamma > 0` must not stop the run early) and at most
+    four times it (:math:`\hat\Gamma` comes from one draw in four). Groups at the bound (or
+    unknown) keep the linear model's error (that of log σ*).
     """
     s = {k: v[active] for k, v in sums.items()}
     slope = s["dv"] / s["nd"].clamp_min(torch.finfo(_F64).tiny)  # ≈ ∂a_g/∂u_g
     gain = 1 + 0.5 * slope / a_bar.abs().clamp_min(torch.finfo(_F64).tiny)
     measured = (s["nd"] > 0).expand_as(gain)
-    gain = torch.where(measured, gain, torch.ones_like(gain))
-    se = torch.where(gain > 0, se_lin / gain.clamp_min(1e-300), torch.full_like(se_lin, math.inf))
-    return torch.where(interior, se, se_lin)
+    # never below the linear model's error (a noisy Γ̂ > 0 must not stop the run early), at
+    # most 4 times it (Γ̂ is itself a noisy estimate from one draw in four)
+    gain = torch.where(measured, gain.clamp(0.25, 1.0), torch.ones_like(gain))
+    return torch.where(interior, se_lin / gain, se_lin)
 
 
 def _stopped(
