@@ -295,7 +295,10 @@ def explain(
         )
     scores = score_of(est, score)
     who = desc.removesuffix(" attribution")
-    warn_if_needed(est, cfg, masked=attention_mask is not None, score=score, who=who)
+    # positions without effect look like padding only when the groups are positions
+    by_token = isinstance(feature_mask, str) and feature_mask == "token"
+    masked = attention_mask is not None or not by_token
+    warn_if_needed(est, cfg, masked=masked, score=score, who=who)
     attributions, sigma = per_element(est, scores, site, groups, table.shape[1])
     return PerturbationEntropyResult(
         attributions=format_output(site.is_tuple, attributions),

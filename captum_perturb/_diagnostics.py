@@ -30,8 +30,8 @@ def problems(
     Args:
         est: the estimate.
         config: the estimator settings used (for the knob to turn).
-        masked: whether padding was marked (``attention_mask=``), so that groups without
-            effect are expected.
+        masked: whether padding was marked (``attention_mask=``) or the groups are not
+            token positions, so that groups without effect are not padding in disguise.
         score: ``"channel"`` or ``"paper"``, the reported score.
     """
     out: list[str] = []
@@ -62,7 +62,7 @@ def problems(
         k = int(all_bound.sum())
         ranked = "their scores rank the groups by the pressure at the bound"
         if score == "paper":
-            ranked = "their paper scores are all 0 (score='channel' ranks them by pressure)"
+            ranked = "their paper scores (nats kept) are all 0"
         out.append(
             f"{k} of {batch} examples have every group at sigma_max: noise of that size "
             f"barely moves the explained state; {ranked}. Raise sigma_max or lower rate to "

@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         meta = {
             "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-            "command": "python -m comparisons.convergence " + " ".join(argv or []),
+            "command": "python -m comparisons.convergence "
+            + " ".join(sys.argv[1:] if argv is None else argv),
             "config": repr(config),
         }
         args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
