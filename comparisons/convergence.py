@@ -101,6 +101,7 @@ def run(
     train: list[str],
     config: FixedPointConfig,
     batch: int,
+    exclude_special: bool = False,
 ) -> dict[str, Any]:
     """Explain ``dev`` in batches and summarise convergence and abstention."""
     model, tok, forward, state_layer = spec
@@ -116,13 +117,22 @@ def run(
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
     for i in range(0, len(dev), batch):
-        enc = tok(dev[i : i + batch], return_tensors="pt", padding=True)
+        enc = tok(
+            dev[i : i + batch],
+            return_tensors="pt",
+            padding=True,
+            return_special_tokens_mask=True,
+        )
+        # the perturbed (and counted) tokens; the model always sees the real mask
+        perturbed = enc["attention_mask"]
+        if exclude_special:
+            perturbed = perturbed * (1 - enc["special_tokens_mask"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = lpe.explain(
                 enc["input_ids"],
                 additional_forward_args=(enc["attention_mask"],),
-                attention_mask=enc["attention_mask"],
+                attention_mask=perturbed,
                 state_layer=state_layer,
                 state_std=std,
                 config=config,
@@ -196,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--norm", choices=("rms", "max"), default=DEFAULT.norm)
     parser.add_argument("--max-iter", type=int, default=DEFAULT.max_iter)
     parser.add_argument("--no-classifier", action="store_true")
+    parser.add_argument(
+        "--exclude-special",
+        action="store_true",
+        help="leave [CLS]/[SEP] unperturbed (as the comparison study does)",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -212,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     config = FixedPointConfig(**{**DEFAULT.__dict__, "norm": args.norm, "max_iter": args.max_iter})
     results = []
     for name in chosen:
-        results.append(run(name, specs[name], dev, train, config, args.batch))
+        results.append(run(name, specs[name], dev, train, config, args.batch, args.exclude_special))
         print(table(results[-1:]).splitlines()[-1], flush=True)
     print(table(results))
     if args.out is not None:
