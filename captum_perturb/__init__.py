@@ -3,6 +3,7 @@
 The supported API is what this module exports.
 """
 
+from captum_perturb._features import token_feature_mask
 from captum_perturb.config import (
     DEFAULT,
     HIGH_PRECISION,
@@ -37,4 +38,5 @@ __all__ = [
     "estimate_state_std",
     "explain_layers",
     "layer_state_std",
+    "token_feature_mask",
 ]

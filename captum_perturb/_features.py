@@ -23,6 +23,32 @@ def _token_ids(x: Tensor) -> Tensor:
     return per.reshape(1, *shape[:-1], 1).expand(1, *shape)
 
 
+def token_feature_mask(inputs: Tensor | tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
+    """``feature_mask="token"`` as a tensor: one group per position, shared over the last
+    dimension, ``(1, T, ..., 1)``-broadcastable ids (for each input of a tuple; the inputs'
+    ids are offset so that no two inputs share a group).
+
+    Captum's ``NoiseTunnel`` expands a ``feature_mask`` keyword itself and accepts only
+    tensors, so under it pass ``feature_mask=token_feature_mask(inputs)`` instead of
+    ``"token"``.
+
+    Example:
+        >>> import torch
+        >>> from captum_perturb import token_feature_mask
+        >>> token_feature_mask(torch.zeros(2, 3, 4)).tolist()
+        [[[0], [1], [2]]]
+    """
+    tuple_in = isinstance(inputs, tuple)
+    out: list[Tensor] = []
+    offset = 0
+    for x in inputs if isinstance(inputs, tuple) else (inputs,):
+        # as "token": tensors of fewer than 3 dimensions keep one group per scalar
+        ids = (_token_ids(x)[..., :1] if x.dim() >= 3 else _scalar_ids(x)) + offset
+        offset += int(ids.max()) + 1 if ids.numel() else 0
+        out.append(ids.contiguous())
+    return tuple(out) if tuple_in else out[0]
+
+
 def _scalar_ids(x: Tensor) -> Tensor:
     """One id per scalar of an example (Captum's default)."""
     return torch.arange(math.prod(x.shape[1:]), device=x.device).reshape(1, *x.shape[1:])

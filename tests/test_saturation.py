@@ -184,3 +184,21 @@ def test_max_norm_bounds_every_group() -> None:
     est = linear_words(W, 64, sigma_max=10.0, config=cfg)
     assert bool(est.converged.all())
     assert float(est.std_error.max()) <= 0.05
+
+
+def test_token_feature_mask_matches_token_and_composes_with_noise_tunnel() -> None:
+    from captum.attr import NoiseTunnel
+
+    from captum_perturb import token_feature_mask
+
+    pe = PerturbationEntropyAttribution(lambda x: torch.einsum("bid->bd", x))
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    kw = dict(state_std=torch.ones(4, dtype=torch.float64), sigma_max=10.0, seed=0)
+    as_token = pe.attribute(x, feature_mask="token", **kw)
+    as_tensor = pe.attribute(x, feature_mask=token_feature_mask(x), **kw)
+    assert torch.equal(as_token, as_tensor)  # same groups, same draws
+    assert token_feature_mask(torch.zeros(2, 5)).tolist() == [[0, 1, 2, 3, 4]]  # < 3 dims
+    out = NoiseTunnel(pe).attribute(
+        x, nt_samples=2, stdevs=0.0, feature_mask=token_feature_mask(x), **kw
+    )
+    assert out.shape == x.shape
