@@ -314,9 +314,9 @@ def explain_layers(
         tokenizer: turns ids into token strings for the result, and finds special tokens.
         rate: weight of the entropy term (the reference code's ``rate``).
         sigma_max: σ bound; default 10 × the std of the word-embedding matrix.
-        config: estimator settings (default :data:`~captum_perturb.LAYERWISE`: the
-            default estimator with a cap of 100 iterations, which the deep layers need;
-            ``result.converged`` says which estimates met the tolerance).
+        config: estimator settings (default :data:`~captum_perturb.LAYERWISE`, the same as
+            :data:`~captum_perturb.DEFAULT`; ``result.converged`` says which estimates met
+            the tolerance).
         seed: seeds all noise (int or generator); ``None`` uses torch's global RNG.
         batch_size: perturbed copies per forward pass (speed/memory only).
         show_progress: a progress bar over the estimator's iterations.
