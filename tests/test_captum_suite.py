@@ -627,9 +627,13 @@ RELU_KINK_BUG = (
     "known limit: next to a ReLU kink the control variate reports a near-zero standard error "
     "until some draw crosses the kink, so two runs can differ by more than their errors"
 )
-#: (configuration, check) pairs that fail for a known limit (none at present: the batch
-#: check compares only estimates that met the stopping rule, see check_batch)
-KNOWN_BUG: set[tuple[str, str]] = set()
+#: (configuration, check) pairs that can fail for the known limit next to ReLU kinks: both
+#: estimates met the stopping rule, one of them with a control-variate standard error of
+#: ~1e-6 because no draw had crossed the kink (the batch check compares only converged
+#: estimates, see check_batch). Not strict: which seeds hit it moves with any change.
+KNOWN_BUG: set[tuple[str, str]] = {
+    ("basic_multiple_tuple_target_with_internal_batching", "batch"),
+}
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -25,7 +25,7 @@ _LINEAR_SCALE = 1e-2
 #: with random signs the O(δ) term of the one-sided difference vanishes in expectation
 _GAMMA_STEP = 0.1
 #: one draw in this many per iteration is re-evaluated at log σ + δ v (same noise)
-_GAMMA_EVERY = 4
+_GAMMA_EVERY = 8
 _F64 = torch.float64
 #: pooled sums: weights, squared weights, q, its twin l, their products, and the
 #: re-evaluations' (∂q/∂u)·v v (mean: the diagonal of ∂a/∂u) with their weights
@@ -52,6 +52,7 @@ def _draw(
     use_cv: Tensor,
     cfg: FixedPointConfig,
     gen: torch.Generator | None,
+    burn_in: bool = False,
 ) -> _Draws:
     """``n_samples`` draws per active example at ``u``, with their linearised twins (where
     the control variate is on) and, for one draw in ``_GAMMA_EVERY``, a re-evaluation of the
@@ -60,7 +61,9 @@ def _draw(
     noise = prob.draw(rows, gen)
     twin = use_cv[rows]
     t_rows = rows[twin]
-    fd_rows = rows[: len(active) * max(1, cfg.n_samples // _GAMMA_EVERY)]
+    # (none in the burn-in iterations, whose draws are dropped anyway)
+    n_fd = 0 if burn_in else max(1, cfg.n_samples // _GAMMA_EVERY)
+    fd_rows = rows[: len(active) * n_fd]
     n_r, n_t, n_f = len(rows), len(t_rows), len(fd_rows)
     v = torch.randint(0, 2, (n_f, u.shape[1]), generator=gen, device=u.device).to(u.dtype)
     v = 2 * v - 1
@@ -136,7 +139,7 @@ def fixed_point(
             # forget the draws taken on the way from the first-order start
             for acc in sums.values():
                 acc[active] = 0.0
-        draws = _draw(prob, u, active, use_cv, cfg, generator)
+        draws = _draw(prob, u, active, use_cv, cfg, generator, it <= cfg.burn_in)
         # later draws weigh more (weight k for the k-th pooled iteration): the curvature
         # depends on σ, and the early draws were taken at a σ further from the current one
         _pool(sums, draws, float(max(1, it - cfg.burn_in)))
@@ -271,7 +274,7 @@ def _fixed_point_std_error(
     as σ grows (saturation) makes the error larger. The factor
     :math:`1/(1 + \tfrac12\hat\Gamma_{gg})` is kept in [1, 4]: never below the linear
     model's error (a noisy :math:`\hat\Gamma > 0` must not stop the run early) and at most
-    four times it (:math:`\hat\Gamma` comes from one draw in four). Groups at the bound (or
+    four times it (:math:`\hat\Gamma` comes from one draw in eight). Groups at the bound (or
     unknown) keep the linear model's error (that of log σ*).
     """
     s = {k: v[active] for k, v in sums.items()}
@@ -279,7 +282,7 @@ def _fixed_point_std_error(
     gain = 1 + 0.5 * slope / a_bar.abs().clamp_min(torch.finfo(_F64).tiny)
     measured = (s["nd"] > 0).expand_as(gain)
     # never below the linear model's error (a noisy Γ̂ > 0 must not stop the run early), at
-    # most 4 times it (Γ̂ is itself a noisy estimate from one draw in four)
+    # most 4 times it (Γ̂ is itself a noisy estimate from one draw in eight)
     gain = torch.where(measured, gain.clamp(0.25, 1.0), torch.ones_like(gain))
     return torch.where(interior, se_lin / gain, se_lin)
 
