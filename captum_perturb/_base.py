@@ -205,6 +205,8 @@ def explain(
     args = format_additional_forward_args(additional_forward_args)
     batch = check_batch(tuple_inputs, args)
     check_rate(rate)
+    if score not in ("channel", "paper"):
+        raise ValueError(f"score must be 'channel' or 'paper', got {score!r}")
     check_devices(
         tuple_inputs,
         args,

@@ -104,12 +104,9 @@ def warn_if_needed(
 
 def score_of(est: SigmaEstimate, score: str) -> torch.Tensor:
     """``(B, G)`` the per-dimension score to report: ``"channel"`` (:attr:`SigmaEstimate.score`)
-    or ``"paper"`` (:attr:`SigmaEstimate.log_ratio`, 0 at the bound)."""
-    if score == "channel":
-        return est.score
-    if score == "paper":
-        return est.log_ratio
-    raise ValueError(f"score must be 'channel' or 'paper', got {score!r}")
+    or ``"paper"`` (:attr:`SigmaEstimate.log_ratio`, 0 at the bound); the caller checks
+    ``score`` before the estimate is computed."""
+    return est.log_ratio if score == "paper" else est.score
 
 
 __all__ = ["problems", "score_of", "warn_if_needed"]
