@@ -207,11 +207,8 @@ def explain(
     check_rate(rate)
     if score not in ("channel", "paper"):
         raise ValueError(f"score must be 'channel' or 'paper', got {score!r}")
-    check_devices(
-        tuple_inputs,
-        args,
-        modules_of(forward_func, extra=() if state_layer is None else (state_layer,)),
-    )
+    modules = modules_of(forward_func, extra=() if state_layer is None else (state_layer,))
+    check_devices(tuple_inputs, args, modules)
     # under NoiseTunnel / sensitivity_max the mask may come un-expanded (see there)
     attention_mask = match_attention_mask(attention_mask, batch, args)
     if (
@@ -259,7 +256,6 @@ def explain(
                 "index valid for every example, or one per example (list or 1-D tensor)"
             ) from err
 
-    modules = modules_of(forward_func, extra=() if state_layer is None else (state_layer,))
     with evaluation_mode(modules), torch.no_grad():
         site = site_factory(tuple_inputs, batch, call_model)
     with evaluation_mode([*modules, *site.modules]):
