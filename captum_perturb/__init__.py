@@ -12,6 +12,7 @@ from captum_perturb.config import (
     AdamConfig,
     FixedPointConfig,
 )
+from captum_perturb.corpus import explain_corpus, read_layer_information
 from captum_perturb.layer_information import LayerInformation
 from captum_perturb.layer_perturbation_entropy import LayerPerturbationEntropyAttribution
 from captum_perturb.layerwise import explain_layers, layer_state_std
@@ -36,7 +37,9 @@ __all__ = [
     "PerturbationEntropyResult",
     "calculate_regularization",
     "estimate_state_std",
+    "explain_corpus",
     "explain_layers",
     "layer_state_std",
+    "read_layer_information",
     "token_feature_mask",
 ]

@@ -41,7 +41,13 @@ from typing import Any
 
 import torch
 
-from captum_perturb import LayerInformation, explain_layers, layer_state_std
+from captum_perturb import (
+    LayerInformation,
+    explain_corpus,
+    layer_state_std,
+    read_layer_information,
+)
+from captum_perturb._distributed import rank_and_world
 from comparisons.finetune import cache_root
 
 VADER_REQUIREMENT = "vaderSentiment==3.3.2"
@@ -512,26 +518,28 @@ def _explain(
     tokenizer: Any,
     sentences: Sequence[str],
     state_std: Mapping[int, torch.Tensor] | None,
+    out_dir: Path,
     *,
     layers: Sequence[int] | None,
     seed: int,
     batch_size: int,
-    desc: str,
     show_progress: bool,
-) -> LayerInformation:
-    from tqdm import tqdm
-
-    starts = range(0, len(sentences), batch_size)
-    parts = []
-    for k, start in enumerate(tqdm(starts, desc=desc, unit="chunk", disable=not show_progress)):
-        chunk = list(sentences[start : start + batch_size])
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True)
-        parts.append(
-            explain_layers(
-                model, enc, layers, state_std=state_std, tokenizer=tokenizer, seed=seed + k
-            )
-        )
-    return concat_information(parts)
+) -> LayerInformation | None:
+    """Chunks of ``batch_size`` sentences through :func:`~captum_perturb.explain_corpus`
+    (chunk ``k`` with seed ``seed + k``; sharded under ``torchrun``, resumable in
+    ``out_dir``); the merged result on process 0, ``None`` on the others."""
+    batches = [
+        tokenizer(list(sentences[i : i + batch_size]), return_tensors="pt", padding=True,
+                  truncation=True)
+        for i in range(0, len(sentences), batch_size)
+    ]  # fmt: skip
+    path = explain_corpus(
+        model, batches, out_dir, tokenizer=tokenizer, seed=seed, show_progress=show_progress,
+        layers=layers, state_std=state_std,
+    )  # fmt: skip
+    if rank_and_world()[0] != 0:
+        return None
+    return read_layer_information(path)
 
 
 def run_layers(
@@ -557,13 +565,16 @@ def run_layers(
         corpus: σ_S of every layer from these sentences (:func:`layer_state_std`); ``None``
             or empty: the per-sentence fallback of :func:`explain_layers` (it warns, and
             the page says so — layers and models are then not on one scale).
-        out_dir: gets ``<model>/information.json|.csv``, ``<model>/heatmap.png|.svg``
-            (first sentence), ``<model>/layers.html``, ``depth_curves.png``,
-            ``curves.json`` and ``index.html``.
+        out_dir: gets ``<model>/rows/`` (the :func:`~captum_perturb.explain_corpus` run
+            folder: ``rows.parquet``; a re-run resumes there), ``<model>/information.json|.csv``,
+            ``<model>/heatmap.png|.svg`` (first sentence), ``<model>/layers.html``,
+            ``depth_curves.png``, ``curves.json`` and ``index.html``.
         groups: ``"sentiment"``, ``"stopwords"`` or ``"both"`` (:func:`token_groups`).
         layers: which layers (default all, 0 = embedding output).
         seed: chunk ``k`` is explained with seed ``seed + k``.
-        batch_size: sentences per call of :func:`explain_layers`.
+        batch_size: sentences per call of :func:`explain_layers` (a batch of the corpus
+            run; under ``torchrun`` the processes share the batches and process 0 writes
+            the pages).
         cache_dir: σ_S cache (default ``<cache root>/layer_std``).
         show_progress: a progress bar over chunks.
         lexicon: ``{word: valence}`` instead of :func:`vader_lexicon`.
@@ -573,7 +584,7 @@ def run_layers(
 
     Returns:
         ``{model: {group: [mean nats kept per token, one per layer]}}`` over all sentences,
-        special tokens left out.
+        special tokens left out (``{}`` on the processes other than 0 of a ``torchrun`` job).
     """
     if not models:
         raise ValueError("no models to explain")
@@ -592,15 +603,16 @@ def run_layers(
         if corpus:
             enc = tokenizer(list(corpus), return_tensors="pt", padding=True, truncation=True)
             std = layer_state_std(model, enc, layers, cache_dir=std_cache)
-        info = _explain(
-            model, tokenizer, sentences, std, layers=layers, seed=seed,
-            batch_size=batch_size, desc=name, show_progress=show_progress,
+        folder = out / _folder(name)
+        got = _explain(
+            model, tokenizer, sentences, std, folder / "rows", layers=layers, seed=seed,
+            batch_size=batch_size, show_progress=show_progress,
         )  # fmt: skip
-        info = concat_information([info])  # a fresh meta dict
+        if got is None:  # another process of a torchrun job: process 0 writes the pages
+            continue
+        info = concat_information([got])  # a fresh meta dict
         info.meta.update(model=name, sentences=list(sentences), corpus_size=len(corpus or []))
         seconds[name] = time.perf_counter() - started
-        folder = out / _folder(name)
-        folder.mkdir(parents=True, exist_ok=True)
         info.save(folder / "information.json")
         info.save(folder / "information.csv")
         heatmap(info, 0, folder / "heatmap.png")
@@ -608,6 +620,8 @@ def run_layers(
         layers_html(info, None, folder / "layers.html", f"{name}: information kept per layer")
         curves[name] = info.mean_by_layer(predicates)
         infos[name] = info
+    if not infos:
+        return {}
     names = next(iter(infos.values())).layer_names()
     title = "Information kept vs depth"
     boot = (

@@ -1,0 +1,78 @@
+"""``torch.distributed`` in one place: which process am I, my share of the work, waiting.
+
+Everything here is a no-op in a single process (no process group, or a group of one), so
+the corpus code paths are the same with and without ``torchrun``.
+
+Sharding follows :class:`torch.utils.data.DistributedSampler` without shuffling: process
+``r`` of ``N`` takes items ``r, r + N, r + 2N, …`` — disjoint, covering, and the same
+for a given ``N`` on every run. Unlike the sampler it never pads the last round with
+repeated items (a repeated example would be explained, and counted, twice).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+#: how long a collective (the barrier before the merge) waits for the slowest process;
+#: ranks of one corpus run finish hours apart when their shares differ in length
+DEFAULT_TIMEOUT = timedelta(hours=12)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)`` of the current process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_shard(index: int, rank: int, world: int) -> bool:
+    """Whether item ``index`` belongs to process ``rank`` of ``world``."""
+    return index % world == rank
+
+
+def barrier() -> None:
+    """Wait for every process of the group (nothing to wait for without one)."""
+    if rank_and_world()[1] > 1:
+        dist.barrier()
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """The sum of ``t`` over all processes (a new tensor; ``t`` is not changed)."""
+    out = t.clone()
+    if rank_and_world()[1] > 1:
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+@contextmanager
+def process_group_from_env(timeout: timedelta = DEFAULT_TIMEOUT) -> Iterator[tuple[int, int]]:
+    """Join the process group that ``torchrun`` describes in the environment.
+
+    With ``WORLD_SIZE`` > 1 (set by ``torchrun`` / ``python -m torch.distributed.run``,
+    or by hand with ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``) this initialises
+    ``torch.distributed`` — NCCL when CUDA is available (each process on the GPU
+    ``LOCAL_RANK``), gloo otherwise — and destroys the group on exit. Without it, or
+    when a group already exists, nothing is changed.
+
+    Yields:
+        ``(rank, world size)``.
+    """
+    joined = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend, timeout=timeout)
+        joined = True
+    try:
+        yield rank_and_world()
+    finally:
+        if joined:
+            dist.destroy_process_group()

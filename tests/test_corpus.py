@@ -1,0 +1,335 @@
+"""explain_corpus: rows, DataLoader input, resume after a kill, corrupt parts, torchrun.
+
+Tiny random BERT models (fast); the numbers compared are the estimator's own outputs for
+the same batch and seed, so equality is exact: the same batch is explained by the same
+code with the same seed on one thread, whichever process or run takes it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+import captum_perturb.corpus as corpus_mod
+from captum_perturb import (
+    FixedPointConfig,
+    LayerPerturbationEntropyAttribution,
+    PerturbationEntropyAttribution,
+    explain_corpus,
+    explain_layers,
+    read_layer_information,
+)
+from comparisons.layer_analysis import concat_information
+
+pq = pytest.importorskip("pyarrow.parquet")
+
+CONFIG = FixedPointConfig(max_iter=20)
+#: σ_max inside which the tiny model's σ land (its embeddings' default, 0.2, saturates all)
+KW: dict[str, Any] = {"config": CONFIG, "sigma_max": 10.0}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread() -> Iterator[None]:
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def tiny_bert(seed: int = 0) -> nn.Module:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=60,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
+    return BertModel(config).eval()
+
+
+def sentences(n: int = 7, seed: int = 1) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 9, (n,), generator=g).tolist()
+    return [[2, *torch.randint(5, 60, (k - 2,), generator=g).tolist(), 3] for k in lengths]
+
+
+def collate(rows: list[Mapping[str, Any]]) -> dict[str, Tensor]:
+    """Pad a list of ``{"input_ids": [...]}`` on the right (a DataCollatorWithPadding)."""
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+        mask[i, : len(r["input_ids"])] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def batches(size: int = 2, n: int = 7) -> list[dict[str, Tensor]]:
+    rows = [{"input_ids": s} for s in sentences(n)]
+    return [collate(rows[i : i + size]) for i in range(0, len(rows), size)]
+
+
+def run(model: nn.Module, data: Any, out: Path, **kw: Any) -> Any:
+    kw = {**KW, "show_progress": False, **kw}
+    return pq.read_table(explain_corpus(model, data, out, **kw))
+
+
+# ---------------------------------------------------------------- rows and DataLoader
+def test_rows_are_explain_layers_of_each_batch_with_seed_plus_index(tmp_path: Path) -> None:
+    model = tiny_bert()
+    data = batches()
+    table = run(model, data, tmp_path / "a", seed=5)
+    info = read_layer_information(tmp_path / "a" / "rows.parquet")
+    direct = concat_information(
+        [explain_layers(model, b, seed=5 + k, **KW) for k, b in enumerate(data)]
+    )
+    real = int(sum(b["attention_mask"].sum() for b in data))
+    assert table.num_rows == real * 3  # layers 0, 1, 2
+    assert info.meta["examples"] == list(range(7))
+    for name in ("sigma", "nats_kept", "std_error", "entropy"):
+        torch.testing.assert_close(getattr(info, name), getattr(direct, name), equal_nan=True)
+    assert torch.equal(info.converged, direct.converged)
+    assert info.evaluations is not None and direct.evaluations is not None
+    assert torch.equal(info.evaluations, direct.evaluations)
+    assert torch.equal(info.mask, direct.mask)
+    score = table.column("score").to_numpy()
+    nats = table.column("nats").to_numpy()
+    assert (abs(score * info.dim - nats) < 1e-9 * abs(nats).max()).all()
+
+
+def test_dataloader_gives_dataset_indices_and_the_same_rows(tmp_path: Path) -> None:
+    model = tiny_bert()
+    dataset = [{"input_ids": s} for s in sentences()]
+    loader = DataLoader(dataset, batch_size=2, collate_fn=collate)  # type: ignore[arg-type]
+    a = run(model, loader, tmp_path / "loader")
+    b = run(model, batches(), tmp_path / "list")
+    assert a.equals(b)  # same batches, same seeds: the same rows, ids = dataset indices
+
+
+def test_id_key_names_the_examples(tmp_path: Path) -> None:
+    data = [
+        dict(b, idx=torch.arange(len(b["input_ids"])) * 10 + k) for k, b in enumerate(batches())
+    ]
+    table = run(tiny_bert(), data, tmp_path)
+    assert sorted(set(table.column("example").to_pylist())) == sorted(
+        int(i) for b in data for i in b["idx"]
+    )
+
+
+def test_shuffling_or_sharded_loaders_are_refused(tmp_path: Path) -> None:
+    dataset = [{"input_ids": s} for s in sentences()]
+    shuffled = DataLoader(dataset, batch_size=2, shuffle=True, collate_fn=collate)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="shuffle=False"):
+        explain_corpus(tiny_bert(), shuffled, tmp_path / "s", show_progress=False)
+    sampler = DistributedSampler(dataset, num_replicas=2, rank=0, shuffle=False)  # type: ignore[arg-type]
+    sharded = DataLoader(dataset, batch_size=2, sampler=sampler, collate_fn=collate)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="DistributedSampler"):
+        explain_corpus(tiny_bert(), sharded, tmp_path / "d", show_progress=False)
+
+
+def test_bad_batches_and_explainers_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="input_ids"):
+        explain_corpus(tiny_bert(), [{"ids": torch.ones(1, 3)}], tmp_path / "a")
+    with pytest.raises(TypeError, match="mappings"):
+        explain_corpus(tiny_bert(), [torch.ones(1, 3)], tmp_path / "b")
+    with pytest.raises(TypeError, match=r"nn\.Module"):
+        explain_corpus("model", batches(), tmp_path / "c")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="attribute_args"):
+        explain_corpus(PerturbationEntropyAttribution(tiny_bert()), batches(), tmp_path / "d")
+
+
+def test_other_settings_in_the_same_folder_are_refused(tmp_path: Path) -> None:
+    model = tiny_bert()
+    run(model, batches(), tmp_path, seed=0)
+    with pytest.raises(ValueError, match="seed"):
+        run(model, batches(), tmp_path, seed=1)
+    with pytest.raises(ValueError, match="weights"):
+        run(tiny_bert(seed=3), batches(), tmp_path, seed=0)
+    other = batches(n=7)
+    other[1]["input_ids"] = other[1]["input_ids"].flip(0)
+    with pytest.raises(ValueError, match="batch 1 on disk"):
+        run(model, other, tmp_path, seed=0)
+
+
+def test_captum_layer_class_rows(tmp_path: Path) -> None:
+    model = tiny_bert()
+
+    def forward(input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    attr = LayerPerturbationEntropyAttribution(forward, model.embeddings)
+    data = batches()
+    table = run(attr, data, tmp_path, seed=2)
+    rows = table.to_pylist()
+    assert {r["layer"] for r in rows} == {None}
+    for k, b in enumerate(data):
+        res = attr.explain(
+            b["input_ids"],
+            additional_forward_args=(b["attention_mask"],),
+            attention_mask=b["attention_mask"],
+            seed=2 + k,
+            **KW,
+        )
+        first = 2 * k
+        got = [r for r in rows if r["example"] in (first, first + 1)]
+        assert len(got) == int(b["attention_mask"].sum())
+        for r in got:
+            i = r["example"] - first
+            g = int((res.group_ids[i] == r["position"]).nonzero())
+            assert r["sigma"] == pytest.approx(float(res.estimate.sigma[i, g]), rel=1e-6)
+            assert r["score"] == pytest.approx(float(res.estimate.score[i, g]), rel=1e-6)
+            assert r["token"] == str(int(b["input_ids"][i, r["position"]]))
+            assert r["converged"] == bool(res.converged[i])
+
+
+# ----------------------------------------------------------------- resume and failures
+def test_a_crashed_run_resumes_without_redoing_finished_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tiny_bert()
+    data = batches()
+
+    def crashing() -> Iterator[dict[str, Tensor]]:
+        yield from data[:2]
+        raise RuntimeError("the process died")
+
+    with pytest.raises(RuntimeError, match="died"):
+        explain_corpus(model, crashing(), tmp_path / "r", show_progress=False, **KW)
+    assert len(list((tmp_path / "r" / "parts").glob("batch-*.parquet"))) == 2
+    calls = []
+    real = corpus_mod.explain_layers
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        calls.append(kw["seed"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(corpus_mod, "explain_layers", counting)
+    resumed = run(model, data, tmp_path / "r")
+    assert calls == [2, 3]  # batches 2 and 3 (seed 0 + index), not 0 and 1
+    assert resumed.equals(run(model, data, tmp_path / "fresh"))
+
+
+def test_a_corrupt_part_is_redone_never_merged(tmp_path: Path) -> None:
+    model = tiny_bert()
+    data = batches()
+    fresh = run(model, data, tmp_path)
+    part = tmp_path / "parts" / "batch-00000001.parquet"
+    part.write_bytes(part.read_bytes()[:-40])  # cut off: a partial file
+    with pytest.warns(UserWarning, match="corrupt"):
+        again = explain_corpus(model, data, tmp_path, show_progress=False, **KW)
+    assert pq.read_table(again).equals(fresh)
+    # damaged after the run: the merge refuses it instead of merging it silently
+    blob = bytearray(part.read_bytes())
+    blob[len(blob) // 3] ^= 0xFF
+    part.write_bytes(bytes(blob))
+    store = corpus_mod.PartStore(tmp_path)
+    with pytest.raises(ValueError, match="corrupt"):
+        store.merge(4, {})
+
+
+_KILL_SCRIPT = """
+import sys, time, torch
+sys.path.insert(0, {root!r})
+from tests.test_corpus import KW, batches, tiny_bert
+from captum_perturb import explain_corpus
+torch.set_num_threads(1)
+
+def slow():
+    for b in batches(size=1):
+        yield b
+        time.sleep(0.3)
+
+explain_corpus(tiny_bert(), slow(), {out!r}, show_progress=False, **KW)
+"""
+
+
+def test_a_killed_run_restarts_complete_without_duplicates(tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    script = _KILL_SCRIPT.format(root=str(ROOT), out=str(out))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    parts = out / "parts"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(parts.glob("batch-*.parquet"))) < 2:
+        time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    finished = len(list(parts.glob("batch-*.parquet")))
+    assert 2 <= finished < 7
+    model = tiny_bert()
+    table = run(model, batches(size=1), out)
+    ids = table.column("example").to_pylist()
+    assert sorted(set(ids)) == list(range(7))
+    keys = list(
+        zip(
+            ids,
+            table.column("layer").to_pylist(),
+            table.column("position").to_pylist(),
+            strict=True,
+        )
+    )
+    assert len(keys) == len(set(keys))  # no duplicate rows
+    assert table.equals(run(model, batches(size=1), tmp_path / "fresh"))
+
+
+# ---------------------------------------------------------------------------- torchrun
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rank(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=120),
+    )
+    try:
+        explain_corpus(tiny_bert(), batches(), out, show_progress=False, **KW)
+        parts = {p.name for p in (Path(out) / "parts").iterdir()}
+        assert len(parts) == 4, parts
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_processes_on_gloo_give_the_rows_of_one_process(tmp_path: Path, world: int) -> None:
+    """4 batches over 2 processes (2 each) and over 3 (2, 1, 1): the same table."""
+    mp.start_processes(
+        _rank,
+        args=(world, _free_port(), str(tmp_path / "dist")),
+        nprocs=world,
+        join=True,
+        start_method="spawn",
+    )
+    dist_rows = pq.read_table(tmp_path / "dist" / "rows.parquet")
+    assert dist_rows.equals(run(tiny_bert(), batches(), tmp_path / "one"))
+    meta = pq.read_schema(tmp_path / "dist" / "rows.parquet").metadata[b"captum_perturb"]
+    assert b"explain_layers" in meta
