@@ -52,21 +52,27 @@ def all_reduce_sum(t: Tensor) -> Tensor:
 
 
 @contextmanager
-def process_group_from_env(timeout: timedelta = DEFAULT_TIMEOUT) -> Iterator[tuple[int, int]]:
+def process_group_from_env(
+    backend: str | None = None, timeout: timedelta = DEFAULT_TIMEOUT
+) -> Iterator[tuple[int, int]]:
     """Join the process group that ``torchrun`` describes in the environment.
 
     With ``WORLD_SIZE`` > 1 (set by ``torchrun`` / ``python -m torch.distributed.run``,
     or by hand with ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``) this initialises
-    ``torch.distributed`` — NCCL when CUDA is available (each process on the GPU
-    ``LOCAL_RANK``), gloo otherwise — and destroys the group on exit. Without it, or
-    when a group already exists, nothing is changed.
+    ``torch.distributed`` and destroys the group on exit. Without it, or when a group
+    already exists, nothing is changed.
+
+    Args:
+        backend: ``"gloo"`` (CPU work), ``"nccl"`` (each process on the GPU
+            ``LOCAL_RANK``); default NCCL when CUDA is available, gloo otherwise.
+        timeout: how long a collective waits for the slowest process.
 
     Yields:
         ``(rank, world size)``.
     """
     joined = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend, timeout=timeout)

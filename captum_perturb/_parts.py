@@ -11,7 +11,8 @@ A part is written to a temporary file in ``parts/``, flushed to disk and renamed
 is either whole or absent; Parquet's footer and page checksums (written and verified
 here) and a SHA-256 of the values in the part's record catch what a rename cannot: a
 truncated or damaged file. A part that does not read back whole, or whose rows do not
-match its own record (batch, row count, example ids, checksum), is *corrupt*: it is deleted with a warning and its batch is explained again.
+match its own record (batch, row count, example ids, checksum), is *corrupt*: it is
+deleted with a warning and its batch is explained again.
 """
 
 from __future__ import annotations

@@ -47,14 +47,23 @@ def _model_path(name: str, state: str | int) -> tuple[Path | str, str | int]:
 
 
 def study(args: argparse.Namespace) -> int:
+    """One process, or under ``torchrun`` one share per process, merged by rank 0."""
+    from captum_perturb._distributed import process_group_from_env
+
+    with process_group_from_env(backend="gloo") as (rank, world):  # the harness runs on CPU
+        return _study(args, rank, world)
+
+
+def _study(args: argparse.Namespace, rank: int, world: int) -> int:
     import torch
 
+    from captum_perturb._distributed import barrier
     from comparisons.resources import data_dir, read_sentences
-    from comparisons.study import StudyConfig, run_study
+    from comparisons.study import StudyConfig, merge_study_parts, run_study, run_study_part
     from comparisons.text_model import TextModel
 
     if args.threads:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)  # per process under torchrun
     methods = (
         tuple(get_method(m).name for m in args.methods.split(","))
         if args.methods
@@ -63,7 +72,11 @@ def study(args: argparse.Namespace) -> int:
     state: str | int = int(args.state) if args.state.isdigit() else args.state
     if args.model in ("minilm",) and state == "probs":
         state = "pooled"
+    if rank > 0:
+        barrier()  # rank 0 fine-tunes the classifier first when it is not cached yet
     where, state = _model_path(args.model, state)
+    if rank == 0 and world > 1:
+        barrier()
     tm = TextModel.from_pretrained(where, state)
     data = Path(args.data) if args.data else data_dir() / "sst2" / "dev.tsv"
     rows = read_sentences(data)
@@ -80,8 +93,29 @@ def study(args: argparse.Namespace) -> int:
         limits=_limits(args.limit),
     )
     command = "python -m comparisons " + shlex.join(args.argv)
-    run_study(tm, examples, args.out, config, corpus=corpus, data=str(data), command=command)
-    print(f"wrote {args.out}/report.html and the tidy results in {args.out}/results.csv")
+    if world == 1:
+        run_study(tm, examples, args.out, config, corpus=corpus, data=str(data), command=command)
+        print(f"wrote {args.out}/report.html and the tidy results in {args.out}/results.csv")
+        return 0
+    # torchrun: each process runs its share into out/parts/rank-R-of-N, then rank 0
+    # checks and merges the parts into out and reports; the others wait for it
+    run_study_part(
+        tm, examples, args.out, config, rank=rank, world=world, corpus=corpus,
+        data=str(data), command=command,
+    )  # fmt: skip
+    barrier()
+    if rank == 0:
+        from comparisons.report import write_report
+
+        merge_study_parts(
+            tm, examples, args.out, config, world=world, corpus=corpus, command=command
+        )
+        write_report(args.out)
+        print(
+            f"merged {world} parts: wrote {args.out}/report.html and the tidy results in "
+            f"{args.out}/results.csv"
+        )
+    barrier()
     return 0
 
 
@@ -136,6 +170,7 @@ def methods(args: argparse.Namespace) -> int:
 def layers(args: argparse.Namespace) -> int:
     import torch
 
+    from captum_perturb._distributed import barrier, process_group_from_env
     from comparisons import layer_analysis as la
     from comparisons.resources import data_dir, read_sentences
 
@@ -153,19 +188,27 @@ def layers(args: argparse.Namespace) -> int:
     elif args.corpus > 0:
         print(f"{dev} not found: no σ_S corpus, explain_layers uses its fallback")
     chosen = [int(k) for k in args.layers.split(",")] if args.layers else None
-    models = {name: la.load_model(name) for name in filter(None, args.models.split(","))}
-    la.run_layers(
-        models,
-        sentences,
-        corpus,
-        args.out,
-        groups=args.groups,
-        layers=chosen,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        bootstrap=args.bootstrap,
-    )
-    print(f"wrote {args.out}/index.html and {args.out}/depth_curves.png")
+    names = list(filter(None, args.models.split(",")))
+    # under torchrun: the processes share the batches, process 0 writes the pages
+    with process_group_from_env(backend="gloo") as (rank, world):  # the harness runs on CPU
+        models = {}
+        for turn in (0, 1):  # process 0 first: it trains (once) what the others then load
+            if (rank == 0) == (turn == 0):
+                models = {name: la.load_model(name) for name in names}
+            barrier()
+        la.run_layers(
+            models,
+            sentences,
+            corpus,
+            args.out,
+            groups=args.groups,
+            layers=chosen,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            bootstrap=args.bootstrap,
+        )
+    if rank == 0:
+        print(f"wrote {args.out}/index.html and {args.out}/depth_curves.png ({world} processes)")
     return 0
 
 
@@ -188,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         help="'probs' (classifier), 'logits', 'pooled' (sentence embedding) or a layer number",
     )
     p.add_argument("--data", default=None, help="a sentence<TAB>label file (default SST-2 dev)")
-    p.add_argument("--n", type=int, default=200, help="number of examples")
-    p.add_argument("--start", type=int, default=0, help="first example")
+    # --num-examples and --first: torchrun's parser takes --n and --start for its own
+    p.add_argument("--n", "--num-examples", type=int, default=200, help="number of examples")
+    p.add_argument("--start", "--first", type=int, default=0, help="first example")
     p.add_argument(
         "--corpus", type=int, default=100, help="σ_S from the last N sentences of the data file"
     )
@@ -200,8 +244,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--captum-examples", type=int, default=20)
     p.add_argument("--sanity-examples", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--out", type=Path, default=Path("runs/study"))
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads, per process under torchrun (0: torch's default, which torchrun "
+        "sets to 1 unless OMP_NUM_THREADS is set)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/study"),
+        help="the run folder (under torchrun: the merged run; the shares in OUT/parts/)",
+    )
     p.set_defaults(func=study)
 
     p = sub.add_parser("report", help="(re)write report.html of a run folder")
@@ -242,7 +297,15 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument(
         "--file", type=Path, default=None, help="sentence<TAB>label file or one sentence a line"
     )
-    p.add_argument("--n", type=int, default=50, help="first N sentences (default SST-2 dev)")
+    p.add_argument(
+        "--n",
+        "--num-sentences",
+        dest="n",
+        type=int,
+        default=50,
+        help="first N sentences (default SST-2 dev); under torchrun write --num-sentences "
+        "(torchrun takes --n for an abbreviation of its own options)",
+    )
     p.add_argument(
         "--models",
         default="minilm,sst2",

@@ -100,11 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if args.layers_n:
-            cmd = ["layers", "--n-sentences", str(args.layers_n), "--models", "minilm",
+            cmd = ["layers", "--num-sentences", str(args.layers_n), "--models", "minilm",
                    "--batch-size", "8", "--bootstrap", "0"]  # fmt: skip
             results["layers"] = measure("layers", cmd, args.layers_n, root)
         if args.study_n:
-            cmd = ["study", "--model", "sst2", "--n-examples", str(args.study_n),
+            cmd = ["study", "--model", "sst2", "--num-examples", str(args.study_n),
                    "--captum-examples", "0", "--sanity-examples", "0"]  # fmt: skip
             results["study"] = measure("study", cmd, args.study_n, root)
     for name in ("layers", "study"):

@@ -29,6 +29,8 @@ import io
 import json
 import math
 import os
+import shutil
+import tempfile
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -400,3 +402,83 @@ def merge_runs(out_dir: Path | str, runs: Sequence[Path | str]) -> RunStore:
         for s in src.sanity():
             out.add_sanity(s["method"], s["example"], s["stage"], s["stage_index"], s["spearman"])
     return out
+
+
+def write_merged(
+    out_dir: Path | str,
+    runs: Sequence[Path | str],
+    meta: Mapping[str, Any],
+    order: Mapping[str, int],
+) -> RunStore:
+    """Write the rows of ``runs`` into ``out_dir`` afresh, replacing its files.
+
+    Unlike :func:`merge_runs` (which appends), the files are built in a temporary folder
+    inside ``out_dir`` and moved over the old ones (``meta.json`` first), so merging the
+    same runs again gives the same folder, and a merge cut short is simply done again.
+    A file without rows is removed. One row is kept per key — ``(method, example,
+    metric)``, ``(method, example)`` for an explanation, ``(method, example, curve)``,
+    ``(method, example, stage_index)`` — the last one read (a resumed run may have
+    written a row twice). Rows are sorted by the position of their example in ``order``
+    (unknown examples last), sanity rows by stage first; ties keep the order read.
+
+    Args:
+        out_dir: the merged run folder (created if missing).
+        runs: the run folders, read in this order.
+        meta: the merged ``meta.json`` (validated as by :meth:`RunStore.write_meta`).
+        order: example id → position.
+    """
+    out = RunStore(out_dir)
+    sources = [RunStore(r) for r in runs]
+    tmp = Path(tempfile.mkdtemp(prefix=".merge-", dir=out.run_dir))
+    try:
+        RunStore(tmp).write_meta(meta)
+
+        def position(example: str) -> int:
+            return order.get(example, len(order))
+
+        results: dict[tuple[str, ...], dict[str, Any]] = {}
+        explanations: dict[tuple[str, ...], dict[str, Any]] = {}
+        curves: dict[tuple[str, ...], dict[str, Any]] = {}
+        sanity: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for src in sources:
+            for r in src.results():
+                results[(r["method"], r["example"], r["metric"])] = r
+            for e in src.explanations():
+                explanations[(e["method"], e["example"])] = e
+            for c in src.curves():
+                curves[(c["method"], c["example"], c["curve"])] = c
+            for s in src.sanity():
+                sanity[(s["method"], s["example"], int(s["stage_index"]))] = s
+        lines: dict[str, list[str]] = {
+            RunStore.RESULTS: [
+                _csv_line((r["method"], r["example"], r["metric"], repr(float(r["value"]))))
+                for r in sorted(results.values(), key=lambda r: position(r["example"]))
+            ],
+            RunStore.EXPLANATIONS: [
+                json.dumps(e, ensure_ascii=False, separators=(",", ":"))
+                for e in sorted(explanations.values(), key=lambda e: position(e["example"]))
+            ],
+            RunStore.CURVES: [
+                json.dumps(c, ensure_ascii=False, separators=(",", ":"))
+                for c in sorted(curves.values(), key=lambda c: position(c["example"]))
+            ],
+            RunStore.SANITY: [
+                json.dumps(s, ensure_ascii=False, separators=(",", ":"))
+                for s in sorted(
+                    sanity.values(), key=lambda s: (int(s["stage_index"]), position(s["example"]))
+                )
+            ],
+        }
+        if lines[RunStore.RESULTS]:
+            lines[RunStore.RESULTS].insert(0, _csv_line(RESULTS_HEADER))
+        for name, rows in lines.items():
+            if rows:
+                (tmp / name).write_bytes("".join(f"{row}\n" for row in rows).encode("utf-8"))
+        for name in (RunStore.META, *lines):
+            if (tmp / name).exists():
+                os.replace(tmp / name, out.run_dir / name)
+            else:
+                (out.run_dir / name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return RunStore(out.run_dir)

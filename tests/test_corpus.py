@@ -7,6 +7,7 @@ code with the same seed on one thread, whichever process or run takes it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -333,3 +334,41 @@ def test_processes_on_gloo_give_the_rows_of_one_process(tmp_path: Path, world: i
     assert dist_rows.equals(run(tiny_bert(), batches(), tmp_path / "one"))
     meta = pq.read_schema(tmp_path / "dist" / "rows.parquet").metadata[b"captum_perturb"]
     assert b"explain_layers" in meta
+
+
+def _layers_cli(out: Path, sentences: Path, procs: int) -> None:
+    head = [sys.executable]
+    if procs > 1:
+        head += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"]
+    cmd = [
+        *head, "-m", "comparisons", "layers", "--file", str(sentences), "--num-sentences", "5",
+        "--models", "minilm", "--layers", "1,3", "--batch-size", "2", "--corpus", "0",
+        "--bootstrap", "20", "--threads", "1", "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT, timeout=300, capture_output=True)
+
+
+def test_layers_command_under_torchrun_writes_the_one_process_folder(
+    tmp_path: Path, minilm_dir: Path
+) -> None:
+    """``python -m torch.distributed.run --nproc-per-node 2 -m comparisons layers``: the
+    processes share the 3 batches, process 0 writes one folder with the same rows, curves
+    and pages as one process."""
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text(
+        "a gorgeous , witty , seductive movie .\nit 's just dull .\n"
+        "the plot is nothing but boilerplate clichés .\none of the most original films .\n"
+        "i could not wait for it to end .\n",
+        encoding="utf-8",
+    )
+    _layers_cli(tmp_path / "two", sentences, 2)
+    _layers_cli(tmp_path / "one", sentences, 1)
+    rows = "minilm/rows/rows.parquet"
+    assert pq.read_table(tmp_path / "two" / rows).equals(pq.read_table(tmp_path / "one" / rows))
+    for name in ("index.html", "depth_curves.png", "minilm/information.json"):
+        assert (tmp_path / "two" / name).is_file()
+    curves = [
+        json.loads((tmp_path / d / "curves.json").read_text())["curves"] for d in ("two", "one")
+    ]
+    assert curves[0] == curves[1]
