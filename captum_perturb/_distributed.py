@@ -12,13 +12,16 @@ repeated items (a repeated example would be explained, and counted, twice).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+T = TypeVar("T")
 
 #: how long a collective (the barrier before the merge) waits for the slowest process;
 #: ranks of one corpus run finish hours apart when their shares differ in length
@@ -51,6 +54,31 @@ def all_reduce_sum(t: Tensor) -> Tensor:
     return out
 
 
+def on_first(fn: Callable[[], T]) -> T | None:
+    """Run ``fn`` on process 0 only and wait for it; when it raises, every process raises
+    (process 0 its own error, the others a ``RuntimeError`` quoting it), so no process is
+    left waiting at the next collective. Returns ``fn()`` on process 0, ``None`` elsewhere.
+    """
+    rank, world = rank_and_world()
+    out: T | None = None
+    failure: BaseException | None = None
+    if rank == 0:
+        try:
+            out = fn()
+        except Exception as err:
+            if world == 1:
+                raise
+            failure = err
+    if world > 1:
+        box = [None if failure is None else f"{type(failure).__name__}: {failure}"]
+        dist.broadcast_object_list(box, src=0)
+        if failure is not None:
+            raise failure
+        if box[0] is not None:
+            raise RuntimeError(f"process 0 failed: {box[0]}")
+    return out
+
+
 @contextmanager
 def process_group_from_env(
     backend: str | None = None, timeout: timedelta = DEFAULT_TIMEOUT
@@ -79,6 +107,8 @@ def process_group_from_env(
         joined = True
     try:
         yield rank_and_world()
+        if joined:  # gloo aborts a process that leaves while another still sends to it
+            dist.barrier()
     finally:
         if joined:
             dist.destroy_process_group()

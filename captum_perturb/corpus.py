@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
 from captum_perturb._diagnostics import score_of
-from captum_perturb._distributed import barrier, is_shard, rank_and_world
+from captum_perturb._distributed import barrier, is_shard, on_first, rank_and_world
 from captum_perturb._model_state import modules_of
 from captum_perturb._parts import PartStore, _pq
 from captum_perturb.functional.problem import _AT_BOUND
@@ -148,6 +148,15 @@ class _Plan:
 
     def mine(self, index: int) -> bool:
         return is_shard(index, self.rank, self.world)
+
+    def todo(self, skip: Mapping[int, Any]) -> int | None:
+        """How many batches this process will explain, when the corpus's length is known."""
+        total = self.total
+        if total is None and hasattr(self.source, "__len__"):
+            total = len(self.source)  # type: ignore[arg-type]
+        if total is None:
+            return None
+        return sum(1 for b in range(total) if self.mine(b) and b not in skip)
 
     def batches(self, skip: Mapping[int, Mapping[str, Any]]) -> Iterator[_Batch]:
         if self.indices is not None:
@@ -488,20 +497,16 @@ def explain_corpus(
         "attribute_args": _describe(attribute_args),
         "id_key": id_key,
     }
-    if rank == 0:
-        store.check_settings(settings, write=True)
-    barrier()
+    on_first(lambda: store.check_settings(settings, write=True))
     if rank != 0:
         store.check_settings(settings, write=False)
     done = store.finished(plan.mine)
     warned, unconverged, explained = _explain_batches(
         plan, done, explain, store, seed, show_progress
     )
-    barrier()
+    barrier()  # every part is on disk
     total = plan.total or 0
-    if rank == 0:
-        store.merge(total, {"settings": settings, "columns": COLUMNS})
-    barrier()
+    on_first(lambda: store.merge(total, {"settings": settings, "columns": COLUMNS}))
     _warn(warned, unconverged, explained, rank, world)
     return store.root / store.MERGED
 
@@ -526,7 +531,12 @@ def _explain_batches(
         from tqdm.auto import tqdm
 
         rank = plan.rank
-        bar = tqdm(desc=f"explain_corpus (process {rank})", unit="batch", position=rank)
+        bar = tqdm(
+            desc=f"explain_corpus (process {rank})",
+            total=plan.todo(done),
+            unit="batch",
+            position=rank,
+        )
     for batch in plan.batches(done):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -90,10 +90,66 @@ def measure(name: str, args: list[str], n: int, root: Path) -> dict[str, Any]:
     return {"command": args, "examples": n, "runs": runs, "two_processes_equal_one": same}
 
 
+def storage(copies: int, root: Path) -> dict[str, Any]:
+    """Size of real rows as Parquet against JSON lines, and the merge's rate.
+
+    The rows are :func:`~captum_perturb.explain_corpus` of 8 SST-2 dev sentences on the
+    packaged MiniLM (all layers, batches of 4); their parts are then copied ``copies``
+    times under new batch indices and example ids, and the merge of all of them is timed
+    (rows per second: read, check, write).
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from transformers import AutoModel, AutoTokenizer
+
+    from captum_perturb import explain_corpus
+    from captum_perturb._parts import PartStore
+    from comparisons.resources import data_dir, packaged_minilm_dir, read_sentences
+
+    where = packaged_minilm_dir()
+    model, tok = AutoModel.from_pretrained(where).eval(), AutoTokenizer.from_pretrained(where)
+    sentences = [s for s, _ in read_sentences(data_dir() / "sst2" / "dev.tsv", limit=8)]
+    batches = [tok(sentences[i : i + 4], return_tensors="pt", padding=True) for i in (0, 4)]
+    path = explain_corpus(model, batches, root / "rows", tokenizer=tok, show_progress=False)
+    table = pq.read_table(path)
+    jsonl = root / "rows.jsonl"
+    with open(jsonl, "w", encoding="utf-8") as f:
+        for row in table.to_pylist():
+            f.write(json.dumps(row) + "\n")
+    store = PartStore(root / "merge")
+    n_ex = len(set(table.column("example").to_pylist()))
+    for k in range(copies):
+        shifted = table.set_column(0, "example", pc.add(table.column("example"), k * n_ex))
+        ids = shifted.column("example").unique().to_pylist()
+        store.write_part(k, shifted.replace_schema_metadata(None), ids, {}, f"copy {k}")
+    started = time.perf_counter()
+    store.merge(copies, {})
+    seconds = time.perf_counter() - started
+    rows = copies * table.num_rows
+    out = {
+        "rows": table.num_rows,
+        "parquet_bytes_per_row": Path(path).stat().st_size / table.num_rows,
+        "jsonl_bytes_per_row": jsonl.stat().st_size / table.num_rows,
+        "merge_rows": rows,
+        "merge_seconds": seconds,
+        "merge_rows_per_s": rows / seconds,
+    }
+    print(
+        f"storage: {out['parquet_bytes_per_row']:.1f} bytes/row as Parquet, "
+        f"{out['jsonl_bytes_per_row']:.1f} as JSON lines; merge of {rows} rows in "
+        f"{seconds:.1f} s ({rows / seconds:,.0f} rows/s)",
+        flush=True,
+    )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers-n", type=int, default=32, help="SST-2 dev sentences (0: skip)")
     parser.add_argument("--study-n", type=int, default=16, help="study examples (0: skip)")
+    parser.add_argument(
+        "--merge-copies", type=int, default=0, help="parts in the merge measurement (0: skip)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON")
     args = parser.parse_args(argv)
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count()}
@@ -107,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd = ["study", "--model", "sst2", "--num-examples", str(args.study_n),
                    "--captum-examples", "0", "--sanity-examples", "0"]  # fmt: skip
             results["study"] = measure("study", cmd, args.study_n, root)
+        if args.merge_copies:
+            results["storage"] = storage(args.merge_copies, root)
     for name in ("layers", "study"):
         if name in results:
             for r in results[name]["runs"]:

@@ -10,18 +10,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -35,6 +32,7 @@ from captum_perturb import (
     read_layer_information,
 )
 from comparisons.layer_analysis import concat_information
+from tests.distributed import run_processes
 
 pq = pytest.importorskip("pyarrow.parquet")
 
@@ -295,41 +293,16 @@ def test_a_killed_run_restarts_complete_without_duplicates(tmp_path: Path) -> No
 
 
 # ---------------------------------------------------------------------------- torchrun
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _rank(rank: int, world: int, port: int, out: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=120),
-    )
-    try:
-        explain_corpus(tiny_bert(), batches(), out, show_progress=False, **KW)
-        parts = {p.name for p in (Path(out) / "parts").iterdir()}
-        assert len(parts) == 4, parts
-    finally:
-        dist.destroy_process_group()
+def _rank(rank: int, world: int, out: str) -> None:
+    explain_corpus(tiny_bert(), batches(), out, show_progress=False, **KW)
+    parts = {p.name for p in (Path(out) / "parts").iterdir()}
+    assert len(parts) == 4, parts
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_processes_on_gloo_give_the_rows_of_one_process(tmp_path: Path, world: int) -> None:
     """4 batches over 2 processes (2 each) and over 3 (2, 1, 1): the same table."""
-    mp.start_processes(
-        _rank,
-        args=(world, _free_port(), str(tmp_path / "dist")),
-        nprocs=world,
-        join=True,
-        start_method="spawn",
-    )
+    run_processes(_rank, world, str(tmp_path / "dist"))
     dist_rows = pq.read_table(tmp_path / "dist" / "rows.parquet")
     assert dist_rows.equals(run(tiny_bert(), batches(), tmp_path / "one"))
     meta = pq.read_schema(tmp_path / "dist" / "rows.parquet").metadata[b"captum_perturb"]
@@ -372,3 +345,22 @@ def test_layers_command_under_torchrun_writes_the_one_process_folder(
         json.loads((tmp_path / d / "curves.json").read_text())["curves"] for d in ("two", "one")
     ]
     assert curves[0] == curves[1]
+
+
+def _rank_refused(rank: int, world: int, out: str) -> None:
+    """Explain with another seed into a finished folder; record what each process raised."""
+    try:
+        explain_corpus(tiny_bert(), batches(), out, seed=9, show_progress=False, **KW)
+    except Exception as err:
+        Path(out, f"error-{rank}.txt").write_text(f"{type(err).__name__}: {err}")
+
+
+def test_a_refusal_on_process_0_reaches_every_process(tmp_path: Path) -> None:
+    """Process 0 checks the folder's settings; the others must not wait for it forever."""
+    run(tiny_bert(), batches(), tmp_path)  # seed 0
+    started = time.monotonic()
+    run_processes(_rank_refused, 2, str(tmp_path))
+    assert time.monotonic() - started < 50  # well before the group's 60 s timeout
+    assert "ValueError" in (tmp_path / "error-0.txt").read_text()
+    assert "process 0 failed: ValueError" in (tmp_path / "error-1.txt").read_text()
+    assert "seed" in (tmp_path / "error-1.txt").read_text()

@@ -12,23 +12,19 @@ Processes of one group receive the same bits from the all-reduce: compared exact
 
 from __future__ import annotations
 
-import socket
-import time
-from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import transformers
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from captum_perturb import layerwise
 from captum_perturb.layerwise import layer_moments, layer_state_std
+from tests.distributed import run_processes
 
 LENGTHS = (5, 3, 7, 4, 6, 2, 5)
 """Seven sentences: batch sizes 2, 3 and 8 make 4, 3 and 1 forward passes, so the two
@@ -136,13 +132,6 @@ def test_cache_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 # --- two processes -------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _count_calls(name: str, counter: list[int]) -> None:
     """Count the calls of ``layerwise.<name>`` from now on (this process only)."""
     real = getattr(layerwise, name)
@@ -173,52 +162,29 @@ def _cache_runs(rank: int, model: nn.Module, enc: dict[str, Tensor], cache: Path
     return out
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=2,
-        timeout=timedelta(seconds=60),
-    )
-    try:
-        model, enc = tiny_bert(), encoding()
-        got: dict[str, Any] = {}
-        passes = [0]
-        _count_calls("_layer_states", passes)
-        for bs in PASSES:
-            before = passes[0]
-            got[f"moments-{bs}"] = layer_moments(model, enc, batch_size=bs)
-            got[f"passes-{bs}"] = passes[0] - before
-        got["pool"] = layer_moments(model, enc, token_reduction="pool", batch_size=3)
-        got["std"] = layer_state_std(model, enc, batch_size=3, distributed=True)
-        got["alone"] = layer_moments(model, enc, batch_size=3, distributed=False)
-        got["loader"] = layer_moments(model, DataLoader(rows(enc), batch_size=3))
-        for name, corpus in {
-            "empty": [],
-            "sampler": DataLoader(rows(enc), sampler=DistributedSampler(rows(enc), 2, rank)),
-        }.items():
-            try:
-                layer_moments(model, corpus)
-            except ValueError as err:
-                got[f"error-{name}"] = str(err)
-        got["cache"] = _cache_runs(rank, model, enc, Path(out_dir) / "cache")
-        torch.save(got, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _run_two(fn: Callable[..., None], *args: Any, timeout: float = 120.0) -> None:
-    """Run ``fn(rank, *args)`` in two spawned processes; a hang fails the test."""
-    ctx = mp.start_processes(fn, args=args, nprocs=2, join=False, start_method="spawn")
-    deadline = time.monotonic() + timeout
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"the two processes did not finish within {timeout:.0f} s")
+def _worker(rank: int, world: int, out_dir: str) -> None:
+    model, enc = tiny_bert(), encoding()
+    got: dict[str, Any] = {}
+    passes = [0]
+    _count_calls("_layer_states", passes)
+    for bs in PASSES:
+        before = passes[0]
+        got[f"moments-{bs}"] = layer_moments(model, enc, batch_size=bs)
+        got[f"passes-{bs}"] = passes[0] - before
+    got["pool"] = layer_moments(model, enc, token_reduction="pool", batch_size=3)
+    got["std"] = layer_state_std(model, enc, batch_size=3, distributed=True)
+    got["alone"] = layer_moments(model, enc, batch_size=3, distributed=False)
+    got["loader"] = layer_moments(model, DataLoader(rows(enc), batch_size=3))
+    for name, corpus in {
+        "empty": [],
+        "sampler": DataLoader(rows(enc), sampler=DistributedSampler(rows(enc), 2, rank)),
+    }.items():
+        try:
+            layer_moments(model, corpus)
+        except ValueError as err:
+            got[f"error-{name}"] = str(err)
+    got["cache"] = _cache_runs(rank, model, enc, Path(out_dir) / "cache")
+    torch.save(got, Path(out_dir) / f"rank{rank}.pt")
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +192,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """What each of two gloo processes computed (one group for all the checks)."""
     out = tmp_path_factory.mktemp("ranks")
     (out / "cache" / "empty").mkdir(parents=True)
-    _run_two(_worker, _free_port(), str(out))
+    run_processes(_worker, 2, str(out))
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
