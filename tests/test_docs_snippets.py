@@ -64,6 +64,7 @@ EXPECTED_FILES = (
     "docs/layerwise.rst",
     "docs/comparisons.rst",
     "docs/recipes.rst",
+    "docs/scaling.rst",
 )
 """Files known to hold Python snippets: the extractor must find some in each."""
 
@@ -329,6 +330,21 @@ def test_readme(docs_namespace: dict[str, Any]) -> None:
     # layer by layer: σ_S of every layer, then (sentences, layers, tokens)
     assert isinstance(ns["std"], dict)
     assert ns["info"].nats_kept.shape == (len(ns["sentences"]), len(ns["info"].layers), tokens)
+    # a whole corpus: one row per real token of layer 3
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(ns["path"]).num_rows == tokens
+
+
+def test_scaling_page(docs_namespace: dict[str, Any], tmp_path: Path) -> None:
+    """explain_corpus over a DataLoader, one process (the torchrun commands are bash)."""
+    ns = docs_namespace
+    run_file("docs/scaling.rst", ns)
+    assert ns["path"].resolve() == (tmp_path / "runs" / "corpus" / "rows.parquet").resolve()
+    real = sum(len(r["input_ids"]) for r in ns["rows"])
+    assert ns["table"].num_rows == real  # layer 3 only: one row per real token
+    assert ns["by_layer"].column("layer").to_pylist() == [3]
+    assert set(ns["state_std"]) == set(range(7))  # σ_S of every layer, from the loader
 
 
 def test_layers_page(docs_namespace: dict[str, Any]) -> None:
