@@ -41,28 +41,15 @@ from comparisons.study import (
     share,
 )
 from comparisons.text_model import TextModel
+from tests.test_harness import CORPUS, SPECIAL_TOKENS, WORDS
+from tests.test_harness import SENTENCES as HARNESS_SENTENCES
 
 # Captum warns about gradient requirements on every call.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 ROOT = Path(__file__).resolve().parents[1]
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-WORDS = (
-    "the", "a", "movie", "film", "story", "plot", "acting", "it", "is", "was",
-    "not", "very", "and", "but", "of", "to", "good", "bad", "great", "awful",
-    "funny", "dull", "charming", "boring", "best", "worst", "love", "hate", "fun", "slow",
-)  # fmt: skip
-SENTENCES = (
-    ("the movie was not very good", 0),
-    ("a great story and fun acting", 1),
-    ("it was dull but charming", 1),
-    ("the worst plot of the film", 0),
-    ("love the acting but hate the story", 1),
-    ("a slow and boring movie", 0),
-    ("the film is dull", 0),  # the last three: the σ_S corpus (--corpus 3)
-    ("a great story", 1),
-    ("bad plot but good acting", 1),
-)
+# the harness tests' vocabulary and sentences; the last three rows: the σ_S corpus
+SENTENCES = (*HARNESS_SENTENCES, *((s, 0) for s in CORPUS))  # (--corpus 3; labels unused)
 N = 6
 METHODS = ("ours", "saliency", "random")
 CONFIG = StudyConfig(METHODS, captum_examples=2, sanity_examples=2)
