@@ -79,6 +79,38 @@ def on_first(fn: Callable[[], T]) -> T | None:
     return out
 
 
+def all_succeeded(failure: BaseException | None) -> None:
+    """A collective in place of a barrier after work that may fail on some processes: when
+    any process passes an error, every process raises (its own error, or a
+    ``RuntimeError`` naming the process that failed), so none waits for the others until
+    the group's timeout."""
+    world = rank_and_world()[1]
+    if world == 1:
+        if failure is not None:
+            raise failure
+        return
+    errors: list[str | None] = [None] * world
+    mine = None if failure is None else f"{type(failure).__name__}: {failure}"
+    dist.all_gather_object(errors, mine)
+    if failure is not None:
+        raise failure
+    for r, err in enumerate(errors):
+        if err is not None:
+            raise RuntimeError(f"process {r} failed: {err}")
+
+
+def same_everywhere(value: str, what: str) -> None:
+    """Raise on every process unless ``value`` is the same on all of them."""
+    world = rank_and_world()[1]
+    if world == 1:
+        return
+    values: list[str | None] = [None] * world
+    dist.all_gather_object(values, value)
+    if len(set(values)) > 1:
+        differ = [r for r, v in enumerate(values) if v != values[0]]
+        raise ValueError(f"{what} differ between processes (processes {differ} against 0)")
+
+
 @contextmanager
 def process_group_from_env(
     backend: str | None = None, timeout: timedelta = DEFAULT_TIMEOUT

@@ -48,6 +48,17 @@ def _digest(table: Any) -> str:
     return hashlib.sha256(repr(table.to_pydict()).encode("utf-8")).hexdigest()
 
 
+def _is_damage(err: Exception) -> bool:
+    """Whether reading a part failed because the part is damaged (pyarrow's decoding and
+    checksum errors, a broken record), not because the file system failed: an I/O error
+    carries an errno, and deleting good parts on one would lose work."""
+    import pyarrow as pa
+
+    if isinstance(err, OSError):
+        return err.errno is None
+    return isinstance(err, (pa.ArrowException, ValueError, KeyError, TypeError, EOFError))
+
+
 def _atomic_write(path: Path, write: Any) -> None:
     """``write(file)`` into a temporary file beside ``path``, fsync, rename over ``path``."""
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
@@ -79,13 +90,19 @@ class PartStore:
     # ------------------------------------------------------------------------ settings
     def check_settings(self, settings: Mapping[str, Any], *, write: bool) -> None:
         """Compare ``settings`` with the folder's ``run.json``; write it if absent and
-        ``write``.
+        ``write``, else require it (process 0 has written it).
 
         Raises:
             ValueError: the folder holds a run with other settings (rows of two runs must
-                never be mixed).
+                never be mixed), or (``write=False``) has no ``run.json``.
         """
         path = self.root / self.SETTINGS
+        if not path.exists() and not write:
+            raise ValueError(
+                f"{self.root} has no {self.SETTINGS}, which process 0 wrote there: out_dir "
+                "must be one folder that every process sees (on several machines a shared "
+                "file system; give an absolute path)"
+            )
         if path.exists():
             old = json.loads(path.read_text(encoding="utf-8"))
             differ = sorted(k for k in {*old, *settings} if old.get(k) != settings.get(k))
@@ -145,10 +162,13 @@ class PartStore:
         found = {int(m.group(1)) for p in self.parts.iterdir() if (m := _PART.match(p.name))}
         found = {b for b in found if mine(b)}
         good = {}
+        _pq()  # a missing pyarrow is not a corrupt part
         for b in sorted(found):
             try:
                 _, record = self.read_part(b)
             except Exception as err:
+                if not _is_damage(err):
+                    raise
                 warnings.warn(
                     f"explain_corpus: part {self.part_path(b)} is corrupt ({err}); deleted, "
                     f"batch {b} is explained again",
@@ -170,8 +190,8 @@ class PartStore:
         import pyarrow as pa
 
         pq = _pq()
-        for tmp in self.parts.glob("*.tmp-*"):  # left by a process that was killed
-            tmp.unlink(missing_ok=True)
+        for tmp in [*self.parts.glob("*.tmp-*"), *self.root.glob("*.tmp-*")]:
+            tmp.unlink(missing_ok=True)  # left by a process that was killed
         missing = [b for b in range(n_batches) if not self.part_path(b).exists()]
         if missing:
             raise ValueError(
@@ -189,14 +209,21 @@ class PartStore:
                 try:
                     table, record = self.read_part(b)
                 except Exception as err:
+                    if not _is_damage(err):
+                        raise
                     raise ValueError(
                         f"part {self.part_path(b)} is corrupt ({err}); run the same command "
                         "again: the part is detected, deleted and redone"
                     ) from err
                 twice = seen & set(record["examples"])
                 if twice:
-                    raise ValueError(f"examples {sorted(twice)[:5]} are in two batches")
+                    raise ValueError(
+                        f"examples {sorted(twice)[:5]} are in two batches: the batches' ids "
+                        "(id_key) must name every example once in the corpus"
+                    )
                 seen.update(record["examples"])
+                if run and record["run"] != run:
+                    raise ValueError(f"batch {b}'s estimator settings differ: {record['run']}")
                 run.update(record["run"])
                 buffer.append(table.replace_schema_metadata(None))
                 if sum(t.num_rows for t in buffer) >= _ROW_GROUP or b == n_batches - 1:

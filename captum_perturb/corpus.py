@@ -43,7 +43,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
 from captum_perturb._diagnostics import score_of
-from captum_perturb._distributed import barrier, is_shard, on_first, rank_and_world
+from captum_perturb._distributed import (
+    all_succeeded,
+    is_shard,
+    on_first,
+    rank_and_world,
+    same_everywhere,
+)
 from captum_perturb._model_state import modules_of
 from captum_perturb._parts import PartStore, _pq
 from captum_perturb.functional.problem import _AT_BOUND
@@ -108,8 +114,8 @@ def _digest(kind: str, values: Any) -> str:
     return f"{kind} {h.hexdigest()[:20]}"
 
 
-def _check_source(index: int, source: str, done: Mapping[int, Mapping[str, Any]]) -> None:
-    if done[index].get("source") != source:
+def _check_source(index: int, source: str | None, done: Mapping[int, Mapping[str, Any]]) -> None:
+    if source is None or done[index].get("source") != source:
         raise ValueError(
             f"batch {index} on disk was made from other examples than this corpus's batch "
             f"{index} (the corpus or its batching changed): explain into another folder, or "
@@ -146,16 +152,24 @@ class _Plan:
                 "the same batches (to resume, and to shard); build it with shuffle=False"
             )
 
+    def fingerprint(self) -> str:
+        """What the batches are made of, when known before loading them (a sampler's
+        index lists): every process must see the same batches."""
+        if self.indices is None:
+            return "an iterable"
+        return _digest("plan", [i for b in self.indices for i in (*b, -1)])
+
     def mine(self, index: int) -> bool:
         return is_shard(index, self.rank, self.world)
 
     def todo(self, skip: Mapping[int, Any]) -> int | None:
         """How many batches this process will explain, when the corpus's length is known."""
         total = self.total
-        if total is None and hasattr(self.source, "__len__"):
-            total = len(self.source)  # type: ignore[arg-type]
         if total is None:
-            return None
+            try:
+                total = len(self.source)  # type: ignore[arg-type]
+            except TypeError:  # an iterable (dataset) without a length
+                return None
         return sum(1 for b in range(total) if self.mine(b) and b not in skip)
 
     def batches(self, skip: Mapping[int, Mapping[str, Any]]) -> Iterator[_Batch]:
@@ -171,8 +185,8 @@ class _Plan:
         loader = self.source
         assert isinstance(loader, DataLoader)
         sources = [_digest("indices", b) for b in self.indices]
-        for b in skip:
-            _check_source(b, sources[b], skip)
+        for b in skip:  # a part beyond the corpus's end: the corpus changed
+            _check_source(b, sources[b] if b < len(sources) else None, skip)
         todo = [b for b in range(len(self.indices)) if self.mine(b) and b not in skip]
         mine = DataLoader(
             loader.dataset,
@@ -225,6 +239,11 @@ def _ids(data: Mapping[str, Any], key: str, default: list[int]) -> list[int]:
     out = [int(i) for i in (given.tolist() if isinstance(given, Tensor) else given)]
     if len(out) != _batch_size(data):
         raise ValueError(f"the batch's {key!r} has {len(out)} ids for {_batch_size(data)} rows")
+    if len(set(out)) != len(out):
+        raise ValueError(
+            f"the batch's {key!r} field names an example twice ({out}): give every example "
+            f"its own id, or pass another id_key= (without that field, examples are numbered)"
+        )
     return out
 
 
@@ -389,11 +408,16 @@ def _describe(value: Any) -> Any:
         return [_describe(v) for v in value]
     if is_dataclass(value) and not isinstance(value, type):
         return {f.name: _describe(getattr(value, f.name)) for f in fields(value)}
-    if callable(value):
-        return getattr(value, "__qualname__", type(value).__name__)
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
-    return repr(value)
+    code = getattr(value, "__code__", None)
+    if code is not None:  # a function: its name and its code (a changed lambda is another run)
+        body = repr((code.co_code, code.co_consts, code.co_names)).encode()
+        return f"{value.__qualname__} {hashlib.sha256(body).hexdigest()[:16]}"
+    if callable(value):
+        return type(value).__qualname__
+    text = repr(value)
+    return type(value).__qualname__ if " at 0x" in text else text
 
 
 # ------------------------------------------------------------------------------ the run
@@ -438,7 +462,7 @@ def explain_corpus(
             every batch.
 
     Returns:
-        The path of ``rows.parquet`` (on every process, after the merge), columns
+        The absolute path of ``rows.parquet`` (on every process, after the merge), columns
         :data:`COLUMNS`, rows in batch order; its schema metadata (key
         ``captum_perturb``) holds the settings and the estimator's run fields. Read it
         with ``pyarrow.parquet.read_table`` or ``pandas.read_parquet``;
@@ -446,15 +470,20 @@ def explain_corpus(
         :class:`~captum_perturb.LayerInformation`.
 
     Raises:
-        ValueError: a shuffling or already sharded DataLoader, a batch without
-            ``input_ids``, ``out_dir`` holding a run with other settings.
+        ValueError: a shuffling or already sharded DataLoader (or batches that differ
+            between processes), a batch without ``input_ids``, an example id twice,
+            ``out_dir`` holding a run with other settings or made from another corpus,
+            ``out_dir`` not shared by the processes, a part missing or damaged at the
+            merge.
         TypeError: an explainer of another kind; ``PerturbationEntropyAttribution``
             without ``attribute_args``.
+        RuntimeError: on the other processes, when one process failed (naming it), so
+            that none waits for the rest until the group's timeout.
 
     Warns:
-        UserWarning: once per call, when estimates did not converge or the explainer
-            warned on some batches (counts, and the first message); when a corrupt part
-            is deleted to be redone.
+        UserWarning: once per call and process, when estimates did not converge or the
+            explainer warned on some batches (counts, and the first messages); when a
+            corrupt part is deleted to be redone.
 
     Example:
         >>> import tempfile
@@ -498,17 +527,22 @@ def explain_corpus(
         "id_key": id_key,
     }
     on_first(lambda: store.check_settings(settings, write=True))
-    if rank != 0:
-        store.check_settings(settings, write=False)
-    done = store.finished(plan.mine)
-    warned, unconverged, explained = _explain_batches(
-        plan, done, explain, store, seed, show_progress
-    )
-    barrier()  # every part is on disk
+    same_everywhere(plan.fingerprint(), "the DataLoader's batches (a random sampler?)")
+    failure = None
+    try:
+        if rank != 0:
+            store.check_settings(settings, write=False)
+        done = store.finished(plan.mine)
+        warned, unconverged, explained = _explain_batches(
+            plan, done, explain, store, seed, show_progress
+        )
+    except Exception as err:
+        failure = err
+    all_succeeded(failure)  # every part is on disk, or every process raises
     total = plan.total or 0
     on_first(lambda: store.merge(total, {"settings": settings, "columns": COLUMNS}))
     _warn(warned, unconverged, explained, rank, world)
-    return store.root / store.MERGED
+    return (store.root / store.MERGED).resolve()
 
 
 def _explain_batches(
@@ -544,8 +578,8 @@ def _explain_batches(
         warned += [str(w.message).split("\n")[0] for w in caught]
         table = pa.table(columns, schema=schema)
         store.write_part(batch.index, table, batch.ids, run, batch.source)
-        converged = dict(zip(columns["example"].tolist(), columns["converged"], strict=True))
-        unconverged += sum(not bool(c) for c in converged.values())
+        ok = np.asarray(columns["converged"], dtype=bool)
+        unconverged += len(set(np.asarray(columns["example"])[~ok].tolist()))
         explained += len(batch.ids)
         if bar is not None:
             bar.update(1)

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -364,3 +365,83 @@ def test_a_refusal_on_process_0_reaches_every_process(tmp_path: Path) -> None:
     assert "ValueError" in (tmp_path / "error-0.txt").read_text()
     assert "process 0 failed: ValueError" in (tmp_path / "error-1.txt").read_text()
     assert "seed" in (tmp_path / "error-1.txt").read_text()
+
+
+# ------------------------------------------------------------ edge cases of the input
+def test_an_example_unconverged_in_any_layer_is_counted(tmp_path: Path) -> None:
+    """The warning counts examples with at least one unconverged row, whatever the layer."""
+    batch = batches(size=2, n=2)[0]
+
+    def explain(b: Any, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        rows = run(tiny_bert(), [batch], tmp_path / "real").to_pydict()
+        pairs = zip(rows["example"], rows["layer"], strict=True)
+        rows["converged"] = [(e, lay) != (0, 0) for e, lay in pairs]  # example 0, layer 0
+        return {k: np.asarray(v) if k != "token" else v for k, v in rows.items()}, {}
+
+    plan = corpus_mod._Plan([batch], 0, 1, "idx")
+    store = corpus_mod.PartStore(tmp_path / "fake")
+    _, unconverged, explained = corpus_mod._explain_batches(plan, {}, explain, store, 0, False)
+    assert (unconverged, explained) == (1, 2)
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """An iterable dataset without a length (e.g. a streamed corpus)."""
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        yield from ({"input_ids": s} for s in sentences())
+
+
+def test_an_iterable_dataset_without_length_streams_with_a_progress_bar(tmp_path: Path) -> None:
+    loader = DataLoader(_Stream(), batch_size=2, collate_fn=collate)
+    table = run(tiny_bert(), loader, tmp_path / "stream", show_progress=True)
+    assert table.equals(run(tiny_bert(), batches(), tmp_path / "list"))
+
+
+def test_an_id_twice_in_a_batch_is_refused(tmp_path: Path) -> None:
+    data = [dict(b, idx=torch.zeros(len(b["input_ids"]), dtype=torch.long)) for b in batches()]
+    with pytest.raises(ValueError, match="names an example twice"):
+        run(tiny_bert(), data, tmp_path)
+
+
+def test_a_shrunk_dataset_is_refused_on_resume(tmp_path: Path) -> None:
+    dataset = [{"input_ids": s} for s in sentences()]
+    model = tiny_bert()
+    run(model, DataLoader(dataset, batch_size=2, collate_fn=collate), tmp_path)  # type: ignore[arg-type]
+    shorter = DataLoader(dataset[:3], batch_size=2, collate_fn=collate)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="corpus or its batching changed"):
+        run(model, shorter, tmp_path)
+
+
+def _rank_disagreeing(rank: int, world: int, out: str) -> None:
+    """Two ways processes can disagree; record what each process raised."""
+    dataset = [{"input_ids": s} for s in sentences()]
+    cases = {
+        # each process its own folder: as if out_dir were not shared between machines
+        "folder": (batches(), Path(out) / f"own-{rank}"),
+        # a random sampler: each process would see other batches
+        "sampler": (
+            DataLoader(
+                dataset,  # type: ignore[arg-type]
+                batch_size=2,
+                collate_fn=collate,
+                sampler=torch.utils.data.SubsetRandomSampler(
+                    range(7), generator=torch.Generator().manual_seed(rank)
+                ),
+            ),
+            Path(out) / "shared",
+        ),
+    }
+    for name, (data, folder) in cases.items():
+        try:
+            explain_corpus(tiny_bert(), data, folder, show_progress=False, **KW)
+        except Exception as err:
+            Path(out, f"{name}-{rank}.txt").write_text(f"{type(err).__name__}: {err}")
+
+
+def test_processes_that_disagree_all_raise(tmp_path: Path) -> None:
+    run_processes(_rank_disagreeing, 2, str(tmp_path))
+    folder = [(tmp_path / f"folder-{r}.txt").read_text() for r in range(2)]
+    assert "process 1 failed: ValueError" in folder[0]
+    assert "every process sees" in folder[1]
+    sampler = [(tmp_path / f"sampler-{r}.txt").read_text() for r in range(2)]
+    assert all("differ between processes" in s for s in sampler)
