@@ -59,8 +59,9 @@ def _is_damage(err: Exception) -> bool:
     return isinstance(err, (pa.ArrowException, ValueError, KeyError, TypeError, EOFError))
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """``write(file)`` into a temporary file beside ``path``, fsync, rename over ``path``."""
+def atomic_write(path: Path, write: Any) -> None:
+    """``write(file)`` into a temporary file beside ``path``, fsync, rename over ``path``:
+    a reader sees the old file or the whole new one, never a part."""
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -113,7 +114,7 @@ class PartStore:
                 )
         elif write:
             text = json.dumps(dict(settings), indent=1, sort_keys=True).encode("utf-8")
-            _atomic_write(path, lambda f: f.write(text))
+            atomic_write(path, lambda f: f.write(text))
 
     # --------------------------------------------------------------------------- parts
     def part_path(self, batch: int) -> Path:
@@ -134,7 +135,7 @@ class PartStore:
             "digest": _digest(table),
         }
         table = table.replace_schema_metadata({_KEY: json.dumps(record).encode("utf-8")})
-        _atomic_write(
+        atomic_write(
             self.part_path(batch),
             lambda f: _pq().write_table(table, f, write_page_checksum=True),
         )
@@ -239,5 +240,5 @@ class PartStore:
 
         if n_batches == 0:
             raise ValueError("the corpus has no batch")
-        _atomic_write(out, write)
+        atomic_write(out, write)
         return out

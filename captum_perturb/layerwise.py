@@ -27,8 +27,6 @@ layer :math:`l` leaves the batch after block :math:`l`, so it costs :math:`l` bl
 from __future__ import annotations
 
 import hashlib
-import os
-import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -42,9 +40,10 @@ from torch.utils.data import DistributedSampler
 from captum_perturb._base import embedding_sigma_max, make_generator
 from captum_perturb._blocks import staircase, transformer_blocks
 from captum_perturb._diagnostics import warn_if_needed
-from captum_perturb._distributed import all_reduce_sum, is_shard, rank_and_world
+from captum_perturb._distributed import all_reduce_sum, all_succeeded, is_shard, rank_and_world
 from captum_perturb._hooks import StopForwardError, first_tensor, run_until_captured
 from captum_perturb._model_state import evaluation_mode
+from captum_perturb._parts import atomic_write
 from captum_perturb.config import LAYERWISE, EstimatorConfig
 from captum_perturb.functional.estimate import estimate_sigma
 from captum_perturb.layer_information import LayerInformation
@@ -356,8 +355,15 @@ def layer_moments(
     chosen = _layers(layers, len(transformer_blocks(model)))
     rank, world = _sharding(distributed, corpus)
     batches = _corpus_batches(corpus, batch_size)
-    moments = _shard_moments(model, chosen, batches, token_reduction, rank, world)
-    if world > 1:
+    if world == 1:
+        moments = _shard_moments(model, chosen, batches, token_reduction, rank, world)
+    else:  # a process that fails makes every process raise, none waits for it
+        failure, moments = None, {}
+        try:
+            moments = _shard_moments(model, chosen, batches, token_reduction, rank, world)
+        except Exception as err:
+            failure = err
+        all_succeeded(failure)
         return _all_reduce_moments(moments, chosen, _input_device(model))
     if not moments:
         raise ValueError("the corpus has no sentences")
@@ -400,12 +406,7 @@ def _save_atomically(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``:
     a reader sees the old file or the whole new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _std_per_layer(moments: Mapping[int, _Moments], chosen: Sequence[int]) -> dict[int, Tensor]:

@@ -12,6 +12,7 @@ Processes of one group receive the same bits from the all-reduce: compared exact
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +115,8 @@ def test_bad_corpora_and_options(tmp_path: Path) -> None:
 def test_cache_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model, enc = tiny_bert(), encoding()
 
-    def failing_save(obj: Any, path: Any) -> None:
-        Path(path).write_bytes(b"half a file")
+    def failing_save(obj: Any, f: Any) -> None:  # torch.save writes into an open file
+        f.write(b"half a file")
         raise OSError("disk full")
 
     monkeypatch.setattr(layerwise.torch, "save", failing_save)
@@ -242,3 +243,22 @@ def test_cache_written_once_and_loaded_everywhere(two_ranks: list[dict]) -> None
         assert cache["loaded_counts"] == cache["first_counts"]  # loaded: no pass, no write
         # rank 1 does not see the file in its folder: both compute, rank 0 writes again
         assert cache["split_counts"] == (2 * PASSES[2][rank], 2 * writes)
+
+
+def _worker_failing(rank: int, world: int, out_dir: str) -> None:
+    """Process 1 gets a broken corpus; record what each process raised."""
+    good = [{"input_ids": encoding()["input_ids"], "attention_mask": encoding()["attention_mask"]}]
+    corpus = good if rank == 0 else [*good, {"ids": torch.ones(1, 3)}]
+    try:
+        layer_moments(tiny_bert(), corpus)
+    except Exception as err:
+        Path(out_dir, f"error-{rank}.txt").write_text(f"{type(err).__name__}: {err}")
+
+
+def test_a_process_that_fails_makes_every_process_raise(tmp_path: Path) -> None:
+    """No process waits in the all-reduce for one that failed (the group's timeout is 60 s)."""
+    started = time.monotonic()
+    run_processes(_worker_failing, 2, str(tmp_path))
+    assert time.monotonic() - started < 50
+    assert "input_ids" in (tmp_path / "error-1.txt").read_text()
+    assert "process 1 failed: ValueError" in (tmp_path / "error-0.txt").read_text()
