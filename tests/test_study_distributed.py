@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 pytest.importorskip("IPython")
 
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+from transformers import BertForSequenceClassification, BertTokenizer
 
 from comparisons.store import RunStore
 from comparisons.study import (
@@ -41,7 +40,7 @@ from comparisons.study import (
     share,
 )
 from comparisons.text_model import TextModel
-from tests.test_harness import CORPUS, SPECIAL_TOKENS, WORDS
+from tests.test_harness import CORPUS, SPECIAL_TOKENS, WORDS, _build
 from tests.test_harness import SENTENCES as HARNESS_SENTENCES
 
 # Captum warns about gradient requirements on every call.
@@ -63,18 +62,7 @@ def setting(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join([*SPECIAL_TOKENS, *WORDS]) + "\n", encoding="utf-8")
     tokenizer = BertTokenizer(str(vocab))
-    config = BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        num_labels=2,
-        max_position_embeddings=64,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = BertForSequenceClassification(config).eval()
+    model = _build(BertForSequenceClassification, 0)  # the harness tests' tiny classifier
     model_dir = folder / "tiny-bert"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
