@@ -99,6 +99,24 @@ def all_succeeded(failure: BaseException | None) -> None:
             raise RuntimeError(f"process {r} failed: {err}")
 
 
+def process_0_first(fn: Callable[[], T]) -> T:
+    """``fn()`` on process 0, then on the others: process 0 makes what the others then
+    reuse (a model trained and cached on first use, a download). When it fails on
+    process 0, every process raises (:func:`all_succeeded`) instead of waiting."""
+    rank = rank_and_world()[0]
+    failure: BaseException | None = None
+    out: list[T] = []
+    if rank == 0:
+        try:
+            out.append(fn())
+        except Exception as err:
+            failure = err
+    all_succeeded(failure)
+    if rank != 0:
+        out.append(fn())
+    return out[0]
+
+
 def same_everywhere(value: str, what: str) -> None:
     """Raise on every process unless ``value`` is the same on all of them."""
     world = rank_and_world()[1]

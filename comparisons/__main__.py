@@ -57,7 +57,7 @@ def study(args: argparse.Namespace) -> int:
 def _study(args: argparse.Namespace, rank: int, world: int) -> int:
     import torch
 
-    from captum_perturb._distributed import barrier
+    from captum_perturb._distributed import all_succeeded, on_first, process_0_first
     from comparisons.resources import data_dir, read_sentences
     from comparisons.study import StudyConfig, merge_study_parts, run_study, run_study_part
     from comparisons.text_model import TextModel
@@ -72,11 +72,8 @@ def _study(args: argparse.Namespace, rank: int, world: int) -> int:
     state: str | int = int(args.state) if args.state.isdigit() else args.state
     if args.model in ("minilm",) and state == "probs":
         state = "pooled"
-    if rank > 0:
-        barrier()  # rank 0 fine-tunes the classifier first when it is not cached yet
-    where, state = _model_path(args.model, state)
-    if rank == 0 and world > 1:
-        barrier()
+    # process 0 first: it fine-tunes the classifier when it is not cached yet
+    where, state = process_0_first(lambda: _model_path(args.model, state))
     tm = TextModel.from_pretrained(where, state)
     data = Path(args.data) if args.data else data_dir() / "sst2" / "dev.tsv"
     rows = read_sentences(data)
@@ -98,13 +95,19 @@ def _study(args: argparse.Namespace, rank: int, world: int) -> int:
         print(f"wrote {args.out}/report.html and the tidy results in {args.out}/results.csv")
         return 0
     # torchrun: each process runs its share into out/parts/rank-R-of-N, then rank 0
-    # checks and merges the parts into out and reports; the others wait for it
-    run_study_part(
-        tm, examples, args.out, config, rank=rank, world=world, corpus=corpus,
-        data=str(data), command=command,
-    )  # fmt: skip
-    barrier()
-    if rank == 0:
+    # checks and merges the parts into out and reports; the others wait for it (a
+    # failure anywhere makes every process raise, none waits for the group's timeout)
+    failure = None
+    try:
+        run_study_part(
+            tm, examples, args.out, config, rank=rank, world=world, corpus=corpus,
+            data=str(data), command=command,
+        )  # fmt: skip
+    except Exception as err:
+        failure = err
+    all_succeeded(failure)
+
+    def merge_and_report() -> None:
         from comparisons.report import write_report
 
         merge_study_parts(
@@ -115,7 +118,8 @@ def _study(args: argparse.Namespace, rank: int, world: int) -> int:
             f"merged {world} parts: wrote {args.out}/report.html and the tidy results in "
             f"{args.out}/results.csv"
         )
-    barrier()
+
+    on_first(merge_and_report)
     return 0
 
 
@@ -170,7 +174,7 @@ def methods(args: argparse.Namespace) -> int:
 def layers(args: argparse.Namespace) -> int:
     import torch
 
-    from captum_perturb._distributed import barrier, process_group_from_env
+    from captum_perturb._distributed import process_0_first, process_group_from_env
     from comparisons import layer_analysis as la
     from comparisons.resources import data_dir, read_sentences
 
@@ -191,11 +195,8 @@ def layers(args: argparse.Namespace) -> int:
     names = list(filter(None, args.models.split(",")))
     # under torchrun: the processes share the batches, process 0 writes the pages
     with process_group_from_env(backend="gloo") as (rank, world):  # the harness runs on CPU
-        models = {}
-        for turn in (0, 1):  # process 0 first: it trains (once) what the others then load
-            if (rank == 0) == (turn == 0):
-                models = {name: la.load_model(name) for name in names}
-            barrier()
+        # process 0 first: it fine-tunes (once) what the others then load
+        models = process_0_first(lambda: {name: la.load_model(name) for name in names})
         la.run_layers(
             models,
             sentences,

@@ -431,7 +431,8 @@ def write_merged(
     sources = [RunStore(r) for r in runs]
     tmp = Path(tempfile.mkdtemp(prefix=".merge-", dir=out.run_dir))
     try:
-        RunStore(tmp).write_meta(meta)
+        merged = RunStore(tmp)  # its appends write the lines as a run writes them
+        merged.write_meta(meta)
 
         def position(example: str) -> int:
             return order.get(example, len(order))
@@ -449,32 +450,23 @@ def write_merged(
                 curves[(c["method"], c["example"], c["curve"])] = c
             for s in src.sanity():
                 sanity[(s["method"], s["example"], int(s["stage_index"]))] = s
-        lines: dict[str, list[str]] = {
-            RunStore.RESULTS: [
-                _csv_line((r["method"], r["example"], r["metric"], repr(float(r["value"]))))
-                for r in sorted(results.values(), key=lambda r: position(r["example"]))
-            ],
-            RunStore.EXPLANATIONS: [
-                json.dumps(e, ensure_ascii=False, separators=(",", ":"))
-                for e in sorted(explanations.values(), key=lambda e: position(e["example"]))
-            ],
-            RunStore.CURVES: [
-                json.dumps(c, ensure_ascii=False, separators=(",", ":"))
-                for c in sorted(curves.values(), key=lambda c: position(c["example"]))
-            ],
-            RunStore.SANITY: [
-                json.dumps(s, ensure_ascii=False, separators=(",", ":"))
-                for s in sorted(
-                    sanity.values(), key=lambda s: (int(s["stage_index"]), position(s["example"]))
-                )
-            ],
-        }
-        if lines[RunStore.RESULTS]:
-            lines[RunStore.RESULTS].insert(0, _csv_line(RESULTS_HEADER))
-        for name, rows in lines.items():
-            if rows:
-                (tmp / name).write_bytes("".join(f"{row}\n" for row in rows).encode("utf-8"))
-        for name in (RunStore.META, *lines):
+        merged.add_results(
+            (r["method"], r["example"], r["metric"], r["value"])
+            for r in sorted(results.values(), key=lambda r: position(r["example"]))
+        )
+        for e in sorted(explanations.values(), key=lambda e: position(e["example"])):
+            merged.add_explanation(e)
+        for c in sorted(curves.values(), key=lambda c: position(c["example"])):
+            merged.add_curve(c["method"], c["example"], c["curve"], c["values"])
+        by_stage = sorted(
+            sanity.values(), key=lambda s: (int(s["stage_index"]), position(s["example"]))
+        )
+        for s in by_stage:
+            merged.add_sanity(
+                s["method"], s["example"], s["stage"], s["stage_index"], s["spearman"]
+            )
+        files = (RunStore.RESULTS, RunStore.EXPLANATIONS, RunStore.CURVES, RunStore.SANITY)
+        for name in (RunStore.META, *files):
             if (tmp / name).exists():
                 os.replace(tmp / name, out.run_dir / name)
             else:
