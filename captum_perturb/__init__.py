@@ -16,7 +16,10 @@ from captum_perturb.corpus import explain_corpus, read_layer_information
 from captum_perturb.layer_information import LayerInformation
 from captum_perturb.layer_perturbation_entropy import LayerPerturbationEntropyAttribution
 from captum_perturb.layerwise import explain_layers, layer_state_std
-from captum_perturb.normalizer import estimate_state_std
+from captum_perturb.llm_layer_attribution import LLMLayerAttribution
+from captum_perturb.llm_perturbation_entropy import LLMPerturbationEntropyAttribution
+from captum_perturb.llm_result import LLMPerturbationEntropyResult
+from captum_perturb.normalizer import estimate_state_std, next_token_state_std
 from captum_perturb.perturbation_entropy import PerturbationEntropyAttribution
 from captum_perturb.reference import Interpreter, calculate_regularization
 from captum_perturb.result import PerturbationEntropyResult
@@ -31,6 +34,9 @@ __all__ = [
     "AdamConfig",
     "FixedPointConfig",
     "Interpreter",
+    "LLMLayerAttribution",
+    "LLMPerturbationEntropyAttribution",
+    "LLMPerturbationEntropyResult",
     "LayerInformation",
     "LayerPerturbationEntropyAttribution",
     "PerturbationEntropyAttribution",
@@ -40,6 +46,7 @@ __all__ = [
     "explain_corpus",
     "explain_layers",
     "layer_state_std",
+    "next_token_state_std",
     "read_layer_information",
     "token_feature_mask",
 ]

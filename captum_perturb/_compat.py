@@ -17,8 +17,16 @@ from captum._utils.common import _format_tensor_into_tuples as format_tensor_int
 from captum._utils.common import _is_mask_valid as is_mask_valid
 from captum._utils.common import _select_targets as select_targets
 from captum._utils.progress import progress
+from captum.attr._core.llm_attr import DEFAULT_GEN_ARGS as DEFAULT_GEN_ARGS
+from captum.attr._core.llm_attr import BaseLLMAttribution as BaseLLMAttribution
+from captum.attr._core.llm_attr import (
+    _convert_ids_to_pretty_tokens as convert_ids_to_pretty_tokens,
+)
 
 __all__ = [
+    "DEFAULT_GEN_ARGS",
+    "BaseLLMAttribution",
+    "convert_ids_to_pretty_tokens",
     "format_additional_forward_args",
     "format_output",
     "format_tensor_into_tuples",

@@ -152,6 +152,18 @@ def _layer_states(
     return {k: states[k] for k in layers}
 
 
+def _positions(state_positions: Tensor, ids: Tensor) -> Tensor:
+    """``state_positions`` checked: a bool ``(N, T)`` like ``input_ids``, one per sentence."""
+    if state_positions.shape != ids.shape or state_positions.dtype != torch.bool:
+        raise ValueError(
+            f"state_positions must be a bool tensor shaped like input_ids {tuple(ids.shape)}, "
+            f"got {state_positions.dtype} {tuple(state_positions.shape)}"
+        )
+    if not bool(state_positions.any(1).all()):
+        raise ValueError("state_positions marks no position for some sentence; mark at least one")
+    return state_positions.to(ids.device)
+
+
 def _right_padded(mask: Tensor, lengths: Tensor) -> bool:
     """Whether every row's real tokens come first (padding only at the end)."""
     positions = torch.arange(mask.shape[1], device=mask.device)
@@ -495,6 +507,7 @@ def explain_layers(
     state_std: Mapping[int, Tensor] | None = None,
     special_tokens: Literal["keep", "exclude"] = "keep",
     tokenizer: Any = None,
+    state_positions: Tensor | None = None,
     rate: float = 0.1,
     sigma_max: float | None = None,
     config: EstimatorConfig | None = None,
@@ -530,6 +543,11 @@ def explain_layers(
             still count in the loss. Special tokens are known from
             ``special_tokens_mask`` in ``encoding`` or from ``tokenizer``.
         tokenizer: turns ids into token strings for the result, and finds special tokens.
+        state_positions: ``(N, T)`` bool, the positions whose states :math:`\Phi_l` is
+            made of (default: every real token). For a decoder, the answer position: the
+            last prompt token, whose state the next token is read from (as
+            :meth:`LLMPerturbationEntropyAttribution.explain_layers
+            <captum_perturb.LLMPerturbationEntropyAttribution.explain_layers>` does).
         rate: weight of the entropy term (the reference code's ``rate``).
         sigma_max: σ bound; default 10 × the std of the word-embedding matrix.
         config: estimator settings (default :data:`~captum_perturb.LAYERWISE`, the same as
@@ -596,6 +614,7 @@ def explain_layers(
         ex_sent = torch.arange(n_sent, device=device).repeat_interleave(n_lay)
         ex_layer = torch.tensor(chosen, device=device).repeat(n_sent)
         real = mask.bool()
+        counted = real if state_positions is None else real & _positions(state_positions, ids)
         perturbed = real & ~special if special_tokens == "exclude" and special is not None else real
         positions = torch.arange(n_tok, device=device).expand(n_sent, n_tok)
         token_group = torch.where(perturbed, positions, torch.full_like(positions, -1))
@@ -603,7 +622,7 @@ def explain_layers(
         # σ_S per layer, folded into the state: Φ_l / σ_S,l (0 where σ_S is inf)
         normaliser: dict[int, str] = {}
         inv = torch.zeros(len(ex_sent), 1, dim, dtype=dtype, device=device)
-        out_mask = real[ex_sent].unsqueeze(-1).to(dtype).expand(-1, -1, dim).clone()
+        out_mask = counted[ex_sent].unsqueeze(-1).to(dtype).expand(-1, -1, dim).clone()
         for k in chosen:
             rows = torch.nonzero(ex_layer == k).flatten()
             std = None if state_std is None else state_std.get(k)
@@ -619,7 +638,7 @@ def explain_layers(
                 out_mask[rows] = out_mask[rows] * finite.to(dtype)
                 normaliser[k] = given
             else:
-                mean_sq = fallback_mean_square(clean[k], real.unsqueeze(-1))
+                mean_sq = fallback_mean_square(clean[k], counted.unsqueeze(-1))
                 inv[rows, 0] = mean_sq.rsqrt().unsqueeze(-1).expand(-1, dim).to(dtype)
                 normaliser[k] = FALLBACK_LABEL
         missing = [k for k, v in normaliser.items() if v == FALLBACK_LABEL]

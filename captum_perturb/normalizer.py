@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -187,3 +187,52 @@ def fallback_mean_square(state: Tensor, mask: Tensor | None = None) -> Tensor:
             "mean(Φ(x)²) is zero. Pass state_std estimated on a corpus."
         )
     return mean_sq
+
+
+def next_token_state_std(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 16,
+) -> Tensor:
+    r"""σ_S of a causal LM's next-token log-probabilities over a corpus, ``(V,)``.
+
+    The state :class:`~captum_perturb.LLMPerturbationEntropyAttribution` explains is the
+    log-probability vector over the vocabulary at an answer position. Its σ_S is the
+    population std of each vocabulary entry's log-probability over every (non-padding)
+    position of every text — :func:`estimate_state_std` with ``token_reduction="pool"``,
+    since the state is one position's vector, not a sentence mean. The texts are
+    tokenised as the tokenizer does by default (a BOS where it adds one), right-padded
+    (no pad token needed), and run with the KV cache off.
+
+    Args:
+        model: a causal LM returning ``.logits`` ``(B, L, V)``.
+        tokenizer: its tokenizer.
+        texts: prompts like the ones you explain (a few hundred to a few thousand).
+        batch_size: texts per forward pass.
+
+    Returns:
+        ``(V,)`` σ_S in float32; vocabulary entries constant over the corpus get ``inf``
+        (left out of the loss, with a warning).
+    """
+    from captum_perturb import _llm
+
+    if not texts:
+        raise ValueError("texts is empty: pass a corpus of prompts")
+    device = next(model.parameters()).device
+    ids, mask = (t.to(device) for t in _llm.encode_corpus(tokenizer, texts))
+
+    def log_probs(input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        kwargs = {"use_cache": False} if _llm.accepts(model, "use_cache") else {}
+        out = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        return torch.log_softmax(out.logits.float(), dim=-1)
+
+    return estimate_state_std(
+        log_probs,
+        ids,
+        (mask,),
+        attention_mask=mask,
+        token_reduction="pool",
+        batch_size=batch_size,
+    ).float()

@@ -1,0 +1,265 @@
+"""The LLM entry point on tiny GPT-2, Llama and Qwen2 configs and a position-local LM.
+
+What must hold: Captum's result type and plots; seq_attr and token_attr from one batched
+estimator call that agrees with separate calls within the reported error; exact zeros
+where the next-token distribution cannot depend on a prompt token; template segments as
+groups; generation with gen_args; the layer-by-layer question at the answer position;
+Captum's LLMGradientAttribution route; clear errors on bad input; the model untouched.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import matplotlib
+import pytest
+import torch
+from captum.attr import (
+    LayerIntegratedGradients,
+    LLMAttributionResult,
+    LLMGradientAttribution,
+    TextTemplateInput,
+    TextTokenInput,
+)
+from contract import SE_FACTOR
+from llm_models import BOS, FAMILIES, PositionLocalLM, causal_lm, tokenizer
+from torch import nn
+
+import captum_perturb.llm_perturbation_entropy as llm_module
+from captum_perturb import (
+    FixedPointConfig,
+    LayerPerturbationEntropyAttribution,
+    LLMLayerAttribution,
+    LLMPerturbationEntropyAttribution,
+    LLMPerturbationEntropyResult,
+    next_token_state_std,
+)
+
+matplotlib.use("Agg")
+
+PROMPT = "the film is a"
+ANSWER = " charming and funny ride"
+CORPUS = ["the film is a charming ride .", "a dull and boring plot .", "it was not very good"]
+
+
+def _std(model: nn.Module) -> torch.Tensor:
+    return next_token_state_std(model, tokenizer(), CORPUS)
+
+
+def _snapshot(model: nn.Module) -> dict[str, Any]:
+    return {
+        "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "grad": {k: p.requires_grad for k, p in model.named_parameters()},
+        "training": {k: m.training for k, m in model.named_modules()},
+        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()),
+    }
+
+
+def _assert_untouched(model: nn.Module, before: dict[str, Any]) -> None:
+    after = _snapshot(model)
+    assert after["grad"] == before["grad"] and after["training"] == before["training"]
+    assert after["hooks"] == before["hooks"]
+    for k, v in before["params"].items():
+        assert torch.equal(after["params"][k], v), k
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_snippet_result_and_plots(family: str) -> None:
+    """The issue's snippet: Captum's result, nats >= 0, plots render, model untouched."""
+    tok = tokenizer()
+    model = causal_lm(family).train()  # left in train mode by the caller: restored after
+    before = _snapshot(model)
+    llm_attr = LLMPerturbationEntropyAttribution(model, tok, state_std=_std(model))
+    inp = TextTokenInput(PROMPT, tok, skip_tokens=[tok.bos_token_id])
+    res = llm_attr.attribute(inp, target=ANSWER)
+    assert isinstance(res, LLMAttributionResult) and isinstance(res, LLMPerturbationEntropyResult)
+    assert res.input_tokens == ["the", "film", "is", "a"]
+    assert res.output_tokens == ["charming", "and", "funny", "ride"]
+    assert res.seq_attr.shape == (4,) and res.token_attr is not None
+    assert res.token_attr.shape == (4, 4)
+    assert bool((res.seq_attr >= 0).all()) and bool((res.token_attr >= 0).all())
+    assert res.normaliser == "state_std" and res.output_probs is not None
+    assert res.seq_std_error.shape == (4,) and res.converged.shape == (5,)
+    for fig, _ in (res.plot_token_attr(show=False), res.plot_seq_attr(show=False)):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        png = buf.getvalue()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
+    _assert_untouched(model, before)
+
+
+def test_one_batched_call_matches_separate_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """token_attr comes from one estimator call; each row agrees with a call that
+    explains that answer token alone, within SE_FACTOR × the combined standard error
+    (the contract tester's bound, derived in tests/contract.py)."""
+    tok = tokenizer()
+    model = causal_lm("gpt2")
+    std = _std(model)
+    llm_attr = LLMPerturbationEntropyAttribution(model, tok, state_std=std)
+    inp = TextTokenInput(PROMPT, tok, skip_tokens=[BOS])
+    calls: list[int] = []
+    real = llm_module.estimate_sigma
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(llm_module, "estimate_sigma", counting)
+    res = llm_attr.attribute(inp, target=ANSWER)
+    assert len(calls) == 1
+    answer = tok.encode(ANSWER, add_special_tokens=False)
+    for t in range(len(answer)):
+        prefix = tok.decode(tok.encode(PROMPT, add_special_tokens=False) + answer[:t])
+        alone = llm_attr.attribute(
+            TextTokenInput(prefix, tok, skip_tokens=[BOS]),
+            target=torch.tensor(answer[t : t + 1]),
+            per_token=False,
+            seed=100 + t,
+        )
+        n = len(res.input_tokens)
+        assert res.token_std_error is not None
+        bound = SE_FACTOR * (res.token_std_error[t] ** 2 + alone.seq_std_error[:n] ** 2).sqrt()
+        gap = (res.token_attr[t] - alone.seq_attr[:n]).abs()
+        assert bool((gap <= bound + 1e-3 * res.token_attr[t].abs().max()).all()), (t, gap, bound)
+
+
+def test_exact_zeros_where_the_answer_cannot_depend_on_a_token() -> None:
+    """Position-local logits: only the last prompt token can move the first answer
+    distribution, and no prompt token moves the later ones."""
+    model = PositionLocalLM()
+    tok = tokenizer()
+    llm_attr = LLMPerturbationEntropyAttribution(model, tok, state_std=_std(model))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        res = llm_attr.attribute(TextTokenInput(PROMPT, tok, skip_tokens=[BOS]), target=ANSWER)
+    assert res.token_attr is not None
+    assert bool((res.seq_attr[:-1] == 0).all()) and float(res.seq_attr[-1]) > 0
+    assert bool((res.token_attr[0, :-1] == 0).all()) and float(res.token_attr[0, -1]) > 0
+    assert bool((res.token_attr[1:] == 0).all())
+    assert any("does not depend on any perturbed group" in str(w.message) for w in seen)
+
+
+def test_template_segments_are_groups() -> None:
+    """One σ per segment (shared by its tokens); grouped values get one score; the
+    template's own words are not perturbed."""
+    tok = tokenizer()
+    model = PositionLocalLM()
+    llm_attr = LLMPerturbationEntropyAttribution(model, tok, state_std=_std(model))
+    inp = TextTemplateInput("{} is {}", values=["the film", "a charming"])
+    res = llm_attr.attribute(inp, target=" ride")
+    assert res.input_tokens == ["the film", "a charming"]
+    assert float(res.seq_attr[0]) == 0 and float(res.seq_attr[1]) > 0  # position-local
+    est = res.estimate
+    assert int((est.group_size[0] > 0).sum()) == 2  # two segments, two σ
+    dim = model.embed.embedding_dim
+    assert est.group_size[0].tolist() == [2 * dim, 2 * dim]  # two tokens each
+    ended = llm_attr.attribute(TextTemplateInput("{} is {} .", values=["a", "film"]), target="x")
+    assert bool((ended.seq_attr == 0).all())  # the last token is the template's "."
+    grouped = TextTemplateInput("{} {} {}", values=["the", "film", "is"], mask=[0, 1, 0])
+    res = llm_attr.attribute(grouped, target=" a")
+    assert res.seq_attr.shape == (3,) and float(res.seq_attr[0]) == float(res.seq_attr[2])
+
+
+def test_generation_with_gen_args() -> None:
+    """target=None generates as Captum does; the answer is the model's greedy one."""
+    tok = tokenizer()
+    model = causal_lm("gpt2")
+    llm_attr = LLMPerturbationEntropyAttribution(model, tok, state_std=_std(model))
+    inp = TextTokenInput(PROMPT, tok)
+    res = llm_attr.attribute(inp, gen_args={"max_new_tokens": 3, "do_sample": False})
+    ids = inp.to_model_input()
+    greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3)
+    expected = tok.convert_ids_to_tokens(greedy[0, ids.shape[1] :].tolist())
+    assert res.output_tokens == expected and res.token_attr is not None
+    assert res.token_attr.shape == (3, 5)  # BOS kept: no skip_tokens
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_layers_at_the_answer_position(family: str) -> None:
+    """explain_layers through the LLM entry point (RoPE, GQA, KV cache off): the
+    embedding output at the answer position holds the last prompt token alone (exact);
+    every layer keeps that token, and the other prompt tokens are perturbed (finite)."""
+    tok = tokenizer()
+    model = causal_lm(family)
+    llm_attr = LLMPerturbationEntropyAttribution(model, tok)
+    inp = TextTokenInput(PROMPT, tok, skip_tokens=[BOS])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no σ_S: the fallback's warning
+        info = llm_attr.explain_layers(inp, config=FixedPointConfig(max_iter=40))
+    assert info.layers == [0, 1, 2]
+    nats = info.nats_kept[0]  # layers × tokens; BOS not perturbed (NaN)
+    assert bool(nats[:, 0].isnan().all())
+    assert bool((nats[0, 1:-1] == 0).all()) and float(nats[0, -1]) > 0
+    assert bool((nats[:, -1] > 0).all()) and bool(nats[:, 1:].isfinite().all())
+
+
+def test_llm_gradient_attribution_route() -> None:
+    """Captum's wrapper refuses our layer class; LLMLayerAttribution takes it, with the
+    same result shapes as LayerIntegratedGradients."""
+    tok = tokenizer()
+    model = causal_lm("gpt2")
+    emb = model.get_input_embeddings()
+    ours = LayerPerturbationEntropyAttribution(model, emb)
+    with pytest.raises(AssertionError, match="does not support"):
+        LLMGradientAttribution(ours, tok)
+    inp = TextTokenInput(PROMPT, tok, skip_tokens=[BOS])
+    lig = LLMGradientAttribution(LayerIntegratedGradients(model, emb), tok).attribute(
+        inp, target=ANSWER, n_steps=8
+    )
+    res = LLMLayerAttribution(ours, tok).attribute(
+        inp, target=ANSWER, state_std=torch.tensor(2.0), config=FixedPointConfig(max_iter=30)
+    )
+    assert res.seq_attr.shape == lig.seq_attr.shape
+    assert res.token_attr is not None and lig.token_attr is not None
+    assert res.token_attr.shape == lig.token_attr.shape
+    assert torch.allclose(res.seq_attr, res.token_attr.sum(0))
+    assert bool((res.token_attr >= 0).all())
+
+
+def test_next_token_state_std_is_the_pooled_std() -> None:
+    """σ_S = the std of each vocabulary log-prob over every real position (float64)."""
+    tok = tokenizer()
+    model = causal_lm("llama")
+    got = next_token_state_std(model, tok, CORPUS, batch_size=2)
+    rows = []
+    with torch.no_grad():
+        for text in CORPUS:
+            ids = tok(text, return_tensors="pt")["input_ids"]
+            rows.append(torch.log_softmax(model(ids).logits[0].double(), -1))
+    want = torch.cat(rows).std(0, unbiased=False)
+    assert torch.allclose(got.double(), want, rtol=1e-4)
+
+
+def _bad_calls(llm_attr: Any, tok: Any) -> list[tuple[Any, type[Exception], str]]:
+    inp = TextTokenInput(PROMPT, tok)
+    return [
+        (lambda: llm_attr.attribute(inp, target=""), ValueError, "0 tokens"),
+        (lambda: llm_attr.attribute(inp, target=" film" * 40), ValueError, "context of 32"),
+        (lambda: llm_attr.attribute(PROMPT, target=ANSWER), TypeError, "TextTokenInput"),
+        (lambda: llm_attr.attribute(inp, target=1.5), TypeError, "target must be"),
+        (lambda: llm_attr.attribute(inp, target="a", gen_args={}), ValueError, "gen_args"),
+        (lambda: llm_attr.attribute(inp, target="a", rate=0), ValueError, "rate"),
+        (
+            lambda: llm_attr.attribute(TextTokenInput("a", tok, skip_tokens=[BOS, 5]), target="a"),
+            ValueError,
+            "no token to explain",
+        ),
+    ]
+
+
+def test_bad_input_gets_a_clear_error_and_the_model_is_untouched() -> None:
+    tok = tokenizer()
+    model = causal_lm("gpt2").train()
+    before = _snapshot(model)
+    llm_attr = LLMPerturbationEntropyAttribution(model, tok)
+    for call, kind, text in _bad_calls(llm_attr, tok):
+        with pytest.raises(kind, match=text):
+            call()
+        _assert_untouched(model, before)
+    no_generate = LLMPerturbationEntropyAttribution(PositionLocalLM(), tok)
+    with pytest.raises(ValueError, match="no generate"):
+        no_generate.attribute(TextTokenInput(PROMPT, tok))
+    with pytest.raises(ValueError, match="get_input_embeddings"):
+        LLMPerturbationEntropyAttribution(nn.Linear(2, 2), tok)
