@@ -13,6 +13,9 @@ or without the data the reference fallback, with a warning). Writes
 * ``explanation.json`` / ``.csv`` — σ, entropies and nats per token and layer
   (:class:`captum_perturb.LayerInformation`, loadable).
 
+Then, on the GPT-2 trained on SST-2 (:mod:`comparisons.language_model`; ``--llm``), which
+prompt words its own answer keeps (:mod:`comparisons.llm_page`): ``llm/index.html``.
+
 Then it compares every method of :data:`comparisons.methods.DEFAULT_METHODS` side by
 side on the same encoder's pooled sentence embedding (no labels, no training): the
 first ``--compare-n`` SST-2 dev sentences (default 8; 0 skips the comparison), σ_S from
@@ -49,6 +52,7 @@ from captum_perturb import LayerInformation, explain_layers, layer_state_std
 from captum_perturb.packaged_std import packaged_state_std
 from comparisons.finetune import cache_root
 from comparisons.layer_analysis import heatmap, layers_html
+from comparisons.llm_page import llm_page
 from comparisons.methods import DEFAULT_METHODS
 from comparisons.resources import (
     DATA_ENV_VAR,
@@ -233,6 +237,14 @@ def main(argv: list[str] | None = None) -> int:
         help="SST-2 dev sentences of the side-by-side comparison on the pooled embedding "
         "(0: skip it)",
     )
+    parser.add_argument(
+        "--llm",
+        choices=("full", "small", "none"),
+        default="full",
+        help="the language-model page (OUT/llm/index.html) on the SST-2 GPT-2 of this "
+        "recipe: 'full' trains ~15 min on a 2-core CPU the first time, then is cached; "
+        "'small' ~1 min; 'none' skips it",
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs"))
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
@@ -266,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:10s} mean {means[j]:7.1f} nats kept per word; most kept: {top}")
     print(f"all {len(info.layers)} layers in one call: {seconds:.2f} s")
     print(f"wrote {args.out}/explanation.html, explanation.png, explanation.json, explanation.csv")
+    if args.llm != "none":
+        page = llm_page(args.out / "llm", args.llm, seed=args.seed)
+        if page is not None:
+            print(f"wrote {page} (and layers.html, llm.json beside it)")
     if args.compare_n == 0:
         return 0
 

@@ -44,7 +44,21 @@ MD_FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[^`\s]*)[ \t]*$")
 TINY_CLASSIFIER = "tiny_classifier_dir"
 """Name of the namespace variable holding the tiny classifier's folder (see STAND_INS)."""
 
+SMALL_LM = "small_lm_dir"
+"""Namespace variable holding the SST-2 GPT-2 of the CI recipe (see STAND_INS): the pages
+train the full recipe (~15 min) on first use, the tests use the small one."""
+
 STAND_INS: dict[str, dict[str, str]] = {
+    "README.md": {
+        "model_dir = sst2_language_model()  # GPT-2 trained on SST-2 (~15 min once), or a hub id": (
+            f"model_dir = {SMALL_LM}"
+        ),
+    },
+    "docs/llm.rst": {
+        "model_dir = sst2_language_model()  # a hub id or a local folder works the same way": (
+            f"model_dir = {SMALL_LM}"
+        ),
+    },
     "docs/recipes.rst": {
         'model_dir = "textattack/bert-base-uncased-SST-2"  # a hub id or a local folder': (
             f"model_dir = {TINY_CLASSIFIER}"
@@ -65,6 +79,7 @@ EXPECTED_FILES = (
     "docs/comparisons.rst",
     "docs/recipes.rst",
     "docs/scaling.rst",
+    "docs/llm.rst",
 )
 """Files known to hold Python snippets: the extractor must find some in each."""
 
@@ -316,11 +331,12 @@ def docs_namespace(
 
 
 @pytest.mark.slow
-def test_readme(docs_namespace: dict[str, Any]) -> None:
+def test_readme(docs_namespace: dict[str, Any], sst2_small_lm: Path) -> None:
     """Quick start and layer by layer on the packaged MiniLM (75-124 s measured on the
     shared, loaded 2-core machine; the layer-by-layer block converges every layer and
     takes most of it)."""
     ns = docs_namespace
+    ns[SMALL_LM] = str(sst2_small_lm)
     run_file("README.md", ns)
     tokens = ns["enc"]["input_ids"].shape[1]  # 14 for the tutorial sentence
     assert ns["args"]["state_std"].shape == (384,)  # quick start: σ_S of layer 3
@@ -400,3 +416,21 @@ def test_recipes_page(
     assert ns["record"].pred_class in ("negative", "positive")
     page = (tmp_path / "explanation.html").read_text(encoding="utf-8")
     assert "[CLS]" in page and "gorgeous" in page
+
+
+def test_llm_page(docs_namespace: dict[str, Any], sst2_small_lm: Path, tmp_path: Path) -> None:
+    """The LLM page on the SST-2 GPT-2 (CI recipe): the issue's snippet as written, σ_S
+    from SST-2 train prompts, a template with generation, the layers at the answer
+    position and the LLMGradientAttribution swap."""
+    from captum.attr import LLMAttributionResult
+
+    ns = docs_namespace
+    ns[SMALL_LM] = str(sst2_small_lm)
+    run_file("docs/llm.rst", ns)
+    assert isinstance(ns["res"], LLMAttributionResult)
+    png = (tmp_path / "token_attr.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert ns["llm_attr"].state_std.shape == (len(ns["tokenizer"]),)
+    assert ns["template"].n_itp_features == 2
+    info = ns["info"]
+    assert info.nats_kept.shape == (1, len(info.layers), len(info.tokens[0]))

@@ -164,7 +164,7 @@ def test_layer_part_writes_every_layer(encoder: TextModel, tmp_path: Path) -> No
     encoder.tokenizer.save_pretrained(str(where))
     out = tmp_path / "out"
     args = ["--model", str(where), "--sentence", SENTENCES[0][0], "--corpus-size", "0"]
-    assert main_job.main([*args, "--compare-n", "0", "--out", str(out)]) == 0
+    assert main_job.main([*args, "--compare-n", "0", "--llm", "none", "--out", str(out)]) == 0
     info = LayerInformation.load(out / "explanation.json")
     assert info.layers == [0, 1, 2]  # the embedding output and both blocks
     assert info.normaliser == {
@@ -188,7 +188,7 @@ def test_layers_are_the_same_with_or_without_the_data(
     the fallback normaliser and the picture changed)."""
     import json
 
-    args = ["--layers", "0,1", "--compare-n", "0"]
+    args = ["--layers", "0,1", "--compare-n", "0", "--llm", "none"]
     monkeypatch.setenv("CAPTUM_PERTURB_DATA", str(sst2_dev_path.parent.parent))
     assert main_job.main([*args, "--out", str(tmp_path / "with")]) == 0
     monkeypatch.setenv("CAPTUM_PERTURB_DATA", str(tmp_path / "empty"))

@@ -1,0 +1,130 @@
+"""The main job's language-model page: which prompt words the trained GPT-2's answer keeps.
+
+On the SST-2 GPT-2 of :mod:`comparisons.language_model`, the prompt (default
+:data:`PROMPT`) gets the model's own greedy answer, and
+:class:`~captum_perturb.LLMPerturbationEntropyAttribution` says how many nats of each
+prompt word the answer's next-token distributions keep — for the whole answer
+(``seq_attr``) and per answer token (``token_attr``), with σ_S from the first halves of
+:data:`CORPUS_SIZE` SST-2 *train* sentences — then which words each layer keeps at the
+answer position (``explain_layers``, σ_S of one position's state per layer from the same
+prompts). Writes into ``OUT/llm/``:
+
+* ``index.html`` — the answer, Captum's ``plot_seq_attr`` and ``plot_token_attr``, and the
+  layer-by-layer heatmap, one self-contained page (the report's HTML helpers);
+* ``layers.html`` — one Captum ``visualize_text`` row per layer;
+* ``llm.json`` — tokens, nats, standard errors and convergence.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from comparisons.layer_analysis import heatmap, layers_html
+from comparisons.report import _CSS, _esc, _png
+
+PROMPT = "the film is a"
+"""The prompt of the issue's example (the README's LLM snippet uses it too)."""
+
+CORPUS_SIZE = 500
+"""SST-2 train sentences whose first halves give σ_S of the next-token log-probs."""
+
+MAX_NEW_TOKENS = 8
+
+
+def first_halves(sentences: list[str]) -> list[str]:
+    """The first half of the words of each sentence (at least one word): the prompts."""
+    return [" ".join(s.split()[: max(1, len(s.split()) // 2)]) for s in sentences]
+
+
+def explain_prompt(model: Any, tokenizer: Any, prompt: str, corpus: list[str], seed: int) -> Any:
+    """``(result, layer information)`` for ``prompt`` and the model's greedy answer."""
+    from captum.attr import TextTokenInput
+
+    from captum_perturb import (
+        LLMPerturbationEntropyAttribution,
+        layer_state_std,
+        next_token_state_std,
+    )
+
+    std = next_token_state_std(model, tokenizer, corpus)
+    enc = tokenizer(corpus, return_tensors="pt", padding=True)
+    layer_std = layer_state_std(model, enc, token_reduction="pool")  # one position's state
+    llm_attr = LLMPerturbationEntropyAttribution(model, tokenizer, state_std=std)
+    inp = TextTokenInput(prompt, tokenizer, skip_tokens=[tokenizer.bos_token_id])
+    gen = {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False}
+    res = llm_attr.attribute(inp, gen_args=gen, seed=seed)
+    info = llm_attr.explain_layers(inp, state_std=layer_std, seed=seed)
+    return res, info
+
+
+def write_page(res: Any, info: Any, out_dir: Path, prompt: str, model_name: str) -> Path:
+    """Write ``index.html``, ``layers.html`` and ``llm.json`` into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    answer = " ".join(res.output_tokens)  # Captum's readable tokens
+    seq_fig, _ = res.plot_seq_attr(show=False)
+    tok_fig, _ = res.plot_token_attr(show=False)
+    layers_png = heatmap(info, 0, out_dir / "layers.png", title="nats kept at the answer position")
+    layers_html(info, [0], out_dir / "layers.html", f"Layers at the answer position: {prompt}")
+    record = {
+        "model": model_name,
+        "prompt": prompt,
+        "input_tokens": res.input_tokens,
+        "output_tokens": res.output_tokens,
+        "seq_attr": res.seq_attr.tolist(),
+        "seq_std_error": res.seq_std_error.tolist(),
+        "token_attr": res.token_attr.tolist(),
+        "converged": res.converged.tolist(),
+        "normaliser": res.normaliser,
+    }
+    (out_dir / "llm.json").write_text(json.dumps(record, indent=1))
+    se = float(res.seq_std_error.max())
+    body = (
+        f"<h1>Which prompt words the answer keeps</h1><p>Model: {_esc(model_name)}. "
+        f"Prompt <code>{_esc(prompt)}</code>, the model's greedy answer "
+        f"<code>{_esc(answer)}</code>. Nats of each prompt word that the answer's next-token "
+        f"distributions keep (largest standard error {se:.2g} nats; converged: "
+        f"{_esc(res.diagnostics['converged'])}).</p>"
+        f"<h2>The whole answer (seq_attr)</h2>{_png(seq_fig, 'seq_attr')}"
+        f"<h2>Per answer token (token_attr)</h2>{_png(tok_fig, 'token_attr')}"
+        f'<h2>Layer by layer at the answer position</h2><img alt="layers" '
+        f'src="{layers_png.name}"><p><a href="layers.html">one row per layer</a></p>'
+    )
+    page = out_dir / "index.html"
+    page.write_text(
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>LLM</title>"
+        f"<style>{_CSS}</style></head><body>{body}</body></html>",
+        encoding="utf-8",
+    )
+    return page
+
+
+def llm_page(out_dir: Path, recipe: str, prompt: str = PROMPT, seed: int = 0) -> Path | None:
+    """The page on the SST-2 GPT-2 (trained on first use, then cached); None without
+    SST-2 on disk (the model is trained on it), with a note."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from comparisons.language_model import sst2_language_model
+    from comparisons.resources import data_dir, read_sentences
+
+    train = data_dir() / "sst2" / "train.tsv"
+    if not train.exists():
+        print(f"note: {train} not found: the LLM page needs SST-2 to train its GPT-2; skipped")
+        return None
+    print(f"LLM page: the SST-2 GPT-2 ({recipe} recipe; the full one trains ~15 min once)")
+    where = sst2_language_model(recipe)
+    model = AutoModelForCausalLM.from_pretrained(where).eval()
+    tokenizer = AutoTokenizer.from_pretrained(where)
+    corpus = first_halves([s for s, _ in read_sentences(train, limit=CORPUS_SIZE)])
+    with torch.random.fork_rng(devices=[]):
+        res, info = explain_prompt(model, tokenizer, prompt, corpus, seed)
+    page = write_page(res, info, out_dir, prompt, f"GPT-2 on SST-2 ({where.name})")
+    words = [t.replace("Ġ", "") for t in res.input_tokens]  # byte-level BPE's space mark
+    top = sorted(zip(res.seq_attr.tolist(), words, strict=True), reverse=True)
+    answer = " ".join(res.output_tokens)
+    kept = ", ".join(f"{w} {n:.0f}" for n, w in top)
+    print(f"{prompt!r} -> {answer!r}; nats the answer keeps: {kept}")
+    return page
