@@ -1,6 +1,6 @@
 """The GPT-2 language model trained on SST-2 (:mod:`comparisons.language_model`), slow.
 
-Trains the ``small`` recipe once per test module into a temporary cache, then checks the
+Uses the ``small`` recipe trained once per session (``sst2_small_lm``), then checks the
 folder loads through the ``Auto*`` classes, the tokenizer's BOS handling, the recorded
 perplexity against the unigram baseline (and against a recomputation from the saved
 model), the cache hit, generation and the cache key.
@@ -48,15 +48,15 @@ another torch build or thread count."""
 
 
 @pytest.fixture(scope="module")
-def lm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("lm-cache")
+def lm_dir(sst2_small_lm: Path) -> Path:
+    """The small recipe's folder, trained once per session into the default cache
+    (``tests/conftest.py``), shared with the LLM docs and study tests."""
+    return sst2_small_lm
 
 
 @pytest.fixture(scope="module")
-def lm_dir(lm_cache: Path, sst2_train_path: Path, sst2_dev_path: Path) -> Path:
-    return sst2_language_model(
-        "small", train_path=sst2_train_path, dev_path=sst2_dev_path, cache=lm_cache
-    )
+def lm_cache(lm_dir: Path) -> Path:
+    return lm_dir.parent
 
 
 @pytest.fixture(scope="module")
@@ -149,12 +149,13 @@ def test_a_failed_training_leaves_no_folder(
         raise RuntimeError("boom")
 
     monkeypatch.setattr(language_model, "train", broken)
+    before = sorted(p.name for p in lm_cache.iterdir())
     other = dataclasses.replace(RECIPES["small"], seed=1)
     with pytest.raises(RuntimeError, match="boom"):
         sst2_language_model(
             other, train_path=sst2_train_path, dev_path=sst2_dev_path, cache=lm_cache
         )
-    assert sorted(p.name for p in lm_cache.iterdir()) == [lm_dir.name]
+    assert sorted(p.name for p in lm_cache.iterdir()) == before
 
 
 def test_greedy_generation_from_a_dev_prompt_returns_new_tokens(
