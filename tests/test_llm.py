@@ -263,3 +263,37 @@ def test_bad_input_gets_a_clear_error_and_the_model_is_untouched() -> None:
         no_generate.attribute(TextTokenInput(PROMPT, tok))
     with pytest.raises(ValueError, match="get_input_embeddings"):
         LLMPerturbationEntropyAttribution(nn.Linear(2, 2), tok)
+
+
+def test_other_paths_leave_the_model_untouched() -> None:
+    """explain_layers and the LLMGradientAttribution route, from train mode."""
+    tok = tokenizer()
+    model = causal_lm("llama").train()
+    before = _snapshot(model)
+    inp = TextTokenInput(PROMPT, tok, skip_tokens=[BOS])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        LLMPerturbationEntropyAttribution(model, tok).explain_layers(
+            inp, layers=[1], config=FixedPointConfig(max_iter=5)
+        )
+        _assert_untouched(model, before)
+        ours = LayerPerturbationEntropyAttribution(model, model.get_input_embeddings())
+        LLMLayerAttribution(ours, tok).attribute(
+            inp, target=" ride", state_std=torch.tensor(2.0), config=FixedPointConfig(max_iter=5)
+        )
+    _assert_untouched(model, before)
+
+
+def test_bfloat16_model_on_cpu() -> None:
+    """A bfloat16 model is perturbed and compared in float32 (the core's rule): finite,
+    positive nats, and the model stays in bfloat16."""
+    tok = tokenizer()
+    model = causal_lm("gpt2")
+    std = _std(model)
+    model = model.to(torch.bfloat16)
+    res = LLMPerturbationEntropyAttribution(model, tok, state_std=std).attribute(
+        TextTokenInput(PROMPT, tok, skip_tokens=[BOS]), target=ANSWER, per_token=False
+    )
+    assert res.token_attr is None and bool(res.seq_attr.isfinite().all())
+    assert bool((res.seq_attr > 0).all())
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
