@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,56 @@ def content_key(recipe: Recipe, train_path: Path, base_dir: Path) -> str:
             h.update(str(p.relative_to(base_dir)).encode())
             _file_digest(p, h)
     return h.hexdigest()[:16]
+
+
+def sst2_files(train_path: Path | str | None, dev_path: Path | str | None) -> tuple[Path, Path]:
+    """SST-2's train and dev files: the given paths, else those of
+    :func:`~comparisons.resources.data_dir`.
+
+    Raises:
+        FileNotFoundError: a file is missing (names it and the variable to set).
+    """
+    train_file = Path(train_path) if train_path else data_dir() / "sst2" / "train.tsv"
+    dev_file = Path(dev_path) if dev_path else data_dir() / "sst2" / "dev.tsv"
+    for p in (train_file, dev_file):
+        if not p.exists():
+            raise FileNotFoundError(
+                f"{p} not found: set CAPTUM_PERTURB_DATA to the folder of sst2/"
+            )
+    return train_file, dev_file
+
+
+def train_once(target: Path, train_into: Callable[[Path], dict]) -> dict | None:
+    """Run ``train_into`` on a temporary folder beside ``target``, then rename it to
+    ``target`` (so a crash never leaves a half-written model there).
+
+    Returns:
+        The training's metrics, or None when ``target`` already holds a finished run
+        (its ``metrics.json``) — also when another process finished it first.
+    """
+    if (target / "metrics.json").exists():
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".training-", dir=target.parent))
+    try:
+        metrics = train_into(tmp)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (target / "metrics.json").exists():  # another process finished first
+            return None
+        raise
+    return metrics
+
+
+def save_trained(out_dir: Path, model: Any, tokenizer: Any, recipe: Any, metrics: dict) -> dict:
+    """Save a trained model, its tokenizer, ``recipe.json`` and ``metrics.json`` (written
+    last: its presence marks a finished run, see :func:`train_once`); returns ``metrics``."""
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    (out_dir / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
 
 
 def _batches(
@@ -174,11 +225,7 @@ def train(recipe: Recipe, out_dir: Path, base_dir: Path, train_path: Path, dev_p
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
-    model.save_pretrained(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
-    (out_dir / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2))
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    return save_trained(out_dir, model, tokenizer, recipe, metrics)
 
 
 def sst2_classifier(
@@ -203,25 +250,12 @@ def sst2_classifier(
             raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
         recipe = RECIPES[recipe]
     base = Path(base_dir) if base_dir is not None else packaged_minilm_dir()
-    train_file = Path(train_path) if train_path else data_dir() / "sst2" / "train.tsv"
-    dev_file = Path(dev_path) if dev_path else data_dir() / "sst2" / "dev.tsv"
-    for p in (train_file, dev_file):
-        if not p.exists():
-            raise FileNotFoundError(
-                f"{p} not found: set CAPTUM_PERTURB_DATA to the folder of sst2/"
-            )
+    train_file, dev_file = sst2_files(train_path, dev_path)
     root = Path(cache) if cache is not None else cache_root()
     target = root / f"minilm-sst2-{content_key(recipe, train_file, base)}"
-    if (target / "metrics.json").exists():
+    metrics = train_once(target, lambda tmp: train(recipe, tmp, base, train_file, dev_file))
+    if metrics is None:
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".training-", dir=root))
-    try:
-        metrics = train(recipe, tmp, base, train_file, dev_file)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(
         f"dev accuracy {metrics['dev_accuracy']:.4f} after {metrics['train_seconds']:.0f} s "
         f"of training; saved to {target}"

@@ -34,16 +34,21 @@ import dataclasses
 import hashlib
 import json
 import math
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from comparisons.finetune import _batches, _file_digest, cache_root
-from comparisons.resources import data_dir, read_sentences
+from comparisons.finetune import (
+    _batches,
+    _file_digest,
+    cache_root,
+    save_trained,
+    sst2_files,
+    train_once,
+)
+from comparisons.resources import read_sentences
 
 SPECIAL_TOKEN = "<|endoftext|>"
 """The one special token, used as BOS, EOS and PAD (id 0).
@@ -377,22 +382,7 @@ def train(recipe: LMRecipe, out_dir: Path, train_path: Path, dev_path: Path) -> 
         "transformers": transformers.__version__,
         "recipe": dataclasses.asdict(recipe),
     }
-    model.save_pretrained(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
-    (out_dir / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2))
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
-
-
-def _sst2_files(train_path: Path | str | None, dev_path: Path | str | None) -> tuple[Path, Path]:
-    train_file = Path(train_path) if train_path else data_dir() / "sst2" / "train.tsv"
-    dev_file = Path(dev_path) if dev_path else data_dir() / "sst2" / "dev.tsv"
-    for p in (train_file, dev_file):
-        if not p.exists():
-            raise FileNotFoundError(
-                f"{p} not found: set CAPTUM_PERTURB_DATA to the folder of sst2/"
-            )
-    return train_file, dev_file
+    return save_trained(out_dir, model, tokenizer, recipe, metrics)
 
 
 def sst2_language_model(
@@ -418,21 +408,12 @@ def sst2_language_model(
         if recipe not in RECIPES:
             raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
         recipe = RECIPES[recipe]
-    train_file, dev_file = _sst2_files(train_path, dev_path)
+    train_file, dev_file = sst2_files(train_path, dev_path)
     root = Path(cache) if cache is not None else cache_root()
     target = root / f"{FOLDER_PREFIX}{content_key(recipe, train_file)}"
-    if (target / "metrics.json").exists():
+    metrics = train_once(target, lambda tmp: train(recipe, tmp, train_file, dev_file))
+    if metrics is None:
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".training-", dir=root))
-    try:
-        metrics = train(recipe, tmp, train_file, dev_file)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if (target / "metrics.json").exists():  # another process finished first
-            return target
-        raise
     print(
         f"dev perplexity {metrics['dev_perplexity']:.1f} (unigram "
         f"{metrics['dev_unigram_perplexity']:.1f}) after {metrics['train_seconds']:.0f} s "
