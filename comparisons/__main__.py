@@ -1,6 +1,6 @@
 """Command line of the harness: ``python -m comparisons <command>``.
 
-Commands: study, report, merge, table, finetune, methods, layers.
+Commands: study, report, merge, table, finetune, methods, layers, llm-study.
 
 Examples::
 
@@ -10,6 +10,7 @@ Examples::
     python -m comparisons report runs/sst2
     python -m comparisons finetune
     python -m comparisons layers --n 50 --models minilm,sst2 --groups both
+    python -m comparisons llm-study --n 50 --out outputs/llm_study   # the SST-2 GPT-2
 """
 
 from __future__ import annotations
@@ -213,6 +214,34 @@ def layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def llm_study(args: argparse.Namespace) -> int:
+    import torch
+
+    from comparisons import llm_study as ls
+    from comparisons.resources import data_dir, read_sentences
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    methods = args.methods.split(",") if args.methods else list(ls.DEFAULT_LLM_METHODS)
+    model, tokenizer, where = ls.load_language_model(args.recipe)
+    sst2 = data_dir() / "sst2"
+    store = ls.run_llm_study(
+        model,
+        tokenizer,
+        [s for s, _ in read_sentences(sst2 / "dev.tsv")],
+        ls.corpus_prompts([s for s, _ in read_sentences(sst2 / "train.tsv")], args.corpus),
+        args.out,
+        n=args.n,
+        methods=methods,
+        seed=args.seed,
+        model_name=where.name,
+        command="python -m comparisons " + shlex.join(args.argv),
+        max_examples=args.examples,
+    )
+    print(f"wrote {store.run_dir}/report.html and the tidy results in {store.run_dir}/results.csv")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m comparisons", description=__doc__.splitlines()[0]
@@ -331,6 +360,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: $OMP_NUM_THREADS)")
     p.add_argument("--out", type=Path, default=Path("outputs/layers"))
     p.set_defaults(func=layers)
+
+    p = sub.add_parser("llm-study", help="attribution methods compared on the SST-2 GPT-2")
+    p.add_argument("--n", type=int, default=50, help="number of prompts (SST-2 dev)")
+    p.add_argument("--recipe", default="full", choices=["full", "small"])
+    p.add_argument(
+        "--methods",
+        default="",
+        help="comma-separated (default: ours,feature_ablation,shapley_sampling,kernel_shap,"
+        "layer_ig,random)",
+    )
+    p.add_argument(
+        "--corpus", type=int, default=500, help="σ_S from the prompts of N SST-2 train sentences"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--examples", type=int, default=10, help="examples shown as heatmaps")
+    p.add_argument("--out", type=Path, default=Path("outputs/llm_study"))
+    p.set_defaults(func=llm_study)
 
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)

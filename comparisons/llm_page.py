@@ -5,9 +5,9 @@ On the SST-2 GPT-2 of :mod:`comparisons.language_model`, the prompt (default
 :class:`~captum_perturb.LLMPerturbationEntropyAttribution` says how many nats of each
 prompt word the answer's next-token distributions keep — for the whole answer
 (``seq_attr``) and per answer token (``token_attr``), with σ_S from the first halves of
-:data:`CORPUS_SIZE` SST-2 *train* sentences — then which words each layer keeps at the
-answer position (``explain_layers``, σ_S of one position's state per layer from the same
-prompts). Writes into ``OUT/llm/``:
+500 SST-2 *train* sentences (:func:`comparisons.llm_study.corpus_prompts`, as the LLM
+study) — then which words each layer keeps at the answer position (``explain_layers``,
+σ_S of one position's state per layer from the same prompts). Writes into ``OUT/llm/``:
 
 * ``index.html`` — the answer, Captum's ``plot_seq_attr`` and ``plot_token_attr``, and the
   layer-by-layer heatmap, one self-contained page (the report's HTML helpers);
@@ -29,15 +29,7 @@ from comparisons.report import _CSS, _esc, _png
 PROMPT = "the film is a"
 """The prompt of the issue's example (the README's LLM snippet uses it too)."""
 
-CORPUS_SIZE = 500
-"""SST-2 train sentences whose first halves give σ_S of the next-token log-probs."""
-
 MAX_NEW_TOKENS = 8
-
-
-def first_halves(sentences: list[str]) -> list[str]:
-    """The first half of the words of each sentence (at least one word): the prompts."""
-    return [" ".join(s.split()[: max(1, len(s.split()) // 2)]) for s in sentences]
 
 
 def explain_prompt(model: Any, tokenizer: Any, prompt: str, corpus: list[str], seed: int) -> Any:
@@ -108,6 +100,7 @@ def llm_page(out_dir: Path, recipe: str, prompt: str = PROMPT, seed: int = 0) ->
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from comparisons.language_model import sst2_language_model
+    from comparisons.llm_study import corpus_prompts
     from comparisons.resources import data_dir, read_sentences
 
     train = data_dir() / "sst2" / "train.tsv"
@@ -118,7 +111,7 @@ def llm_page(out_dir: Path, recipe: str, prompt: str = PROMPT, seed: int = 0) ->
     where = sst2_language_model(recipe)
     model = AutoModelForCausalLM.from_pretrained(where).eval()
     tokenizer = AutoTokenizer.from_pretrained(where)
-    corpus = first_halves([s for s, _ in read_sentences(train, limit=CORPUS_SIZE)])
+    corpus = corpus_prompts([s for s, _ in read_sentences(train)])  # as the LLM study
     with torch.random.fork_rng(devices=[]):
         res, info = explain_prompt(model, tokenizer, prompt, corpus, seed)
     page = write_page(res, info, out_dir, prompt, f"GPT-2 on SST-2 ({where.name})")

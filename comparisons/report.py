@@ -8,6 +8,9 @@ HTML file holding
 * a summary table, methods × metrics, of ``mean [lo, hi]`` (95 % bootstrap interval,
   :func:`comparisons.store.summarize`), the best mean per metric in bold with a ★, the
   seconds per example as a column;
+* when ``meta.json`` names a ``reference`` method: each method's paired difference from
+  it (:func:`comparisons.store.paired_differences`), and a ★ only where the best mean's
+  paired interval against the runner-up excludes 0 (:func:`comparisons.store.paired_best`);
 * figures, as embedded PNGs: mean deletion/insertion curves per method; faithfulness
   against seconds per example; mean sanity-check Spearman ρ per randomisation stage;
 * per example, one Captum ``visualize_text`` row per method.
@@ -29,7 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from comparisons.store import BOOTSTRAP_RESAMPLES, RunStore, summarize
+from comparisons.store import (
+    BOOTSTRAP_RESAMPLES,
+    RunStore,
+    paired_best,
+    paired_differences,
+    summarize,
+)
 
 FAITHFULNESS_DEFAULTS = ("aopc_comprehensiveness/eraser/mask", "tau_loo/mask")
 """The metrics the trade-off figure plots by default, in order of preference."""
@@ -128,6 +137,7 @@ def _summary_table(
     metrics: Sequence[str],
     info: Mapping[str, Mapping[str, str]],
     seed: int,
+    best_rule: str = "the best mean of the column",
 ) -> str:
     cells = {(s["method"], s["metric"]): s for s in summary}
     arrows = {"higher": "↑", "lower": "↓"}
@@ -161,8 +171,58 @@ def _summary_table(
         f"{''.join(body)}</table></div>"
         "<p>Cells: mean over examples [95 % percentile bootstrap interval over examples, "
         f"{BOOTSTRAP_RESAMPLES} resamples, seed {seed}]; NaN values left out. "
-        "<b>Bold</b> with ★: the best mean of the column. ↑ higher is better, ↓ lower.</p>"
+        f"<b>Bold</b> with ★: {_esc(best_rule)}. ↑ higher is better, ↓ lower.</p>"
         f"<dl>{legend}</dl>"
+    )
+
+
+def _paired_table(
+    diffs: list[dict[str, Any]],
+    best: Mapping[str, Mapping[str, Any]],
+    methods: Sequence[str],
+    metrics: Sequence[str],
+    info: Mapping[str, Mapping[str, str]],
+    reference: str,
+) -> str:
+    """Methods × metrics of ``diff [lo, hi]`` against ``reference``, and the best rule."""
+    cells = {(d["method"], d["metric"]): d for d in diffs}
+    head = "".join(f"<th>{_esc(m)}</th>" for m in metrics)
+    body = []
+    for method in (m for m in methods if m != reference):
+        row = [f"<th>{_esc(method)}</th>"]
+        for metric in metrics:
+            d = cells.get((method, metric))
+            if d is None:
+                row.append("<td>&ndash;</td>")
+                continue
+            text = f"{_fmt(d['diff'])} [{_fmt(d['lo'])}, {_fmt(d['hi'])}]"
+            sign = {"higher": 1.0, "lower": -1.0}.get(info.get(metric, {}).get("better", ""), 0.0)
+            excludes = d["lo"] > 0 or d["hi"] < 0
+            if excludes and sign * d["diff"] > 0:
+                row.append(f'<td class="best" title="n = {d["n"]}">{text}&nbsp;▲</td>')
+            elif excludes and sign * d["diff"] < 0:
+                row.append(f'<td title="n = {d["n"]}">{text}&nbsp;▼</td>')
+            else:
+                row.append(f'<td title="n = {d["n"]}">{text}</td>')
+        body.append("<tr>" + "".join(row) + "</tr>")
+    rules = "".join(
+        f"<li>{_esc(metric)}: leader {_esc(b['leader'])}, runner-up {_esc(b['runner_up'])}, "
+        f"difference {_fmt(b['diff'])} [{_fmt(b['lo'])}, {_fmt(b['hi'])}] (n = {b['n']}) "
+        f"&rarr; best: <b>{_esc(b['method'] or 'none')}</b></li>"
+        for metric, b in best.items()
+        if metric in metrics
+    )
+    return (
+        f"<h2>Paired differences from {_esc(reference)}</h2>"
+        f'<div class="wide"><table class="summary"><tr><th>method</th>{head}</tr>'
+        f"{''.join(body)}</table></div>"
+        f"<p>Cells: mean over examples of (method − {_esc(reference)}) [95 % paired "
+        "percentile bootstrap interval: the same resamples of the examples for every "
+        "method]. ▲: the interval lies on the better side of 0 (green), ▼: on the worse "
+        "side.</p><h3>Best method per metric</h3><p>The method with the best mean is "
+        "marked best only where its paired interval against the runner-up excludes 0 (the "
+        "floor left out; a method's two rankings, signed and |score|, are not each other's "
+        f"runner-up).</p><ul>{rules}</ul>"
     )
 
 
@@ -375,7 +435,19 @@ def write_report(
                     t["best"] = t["best"] or t["mean"] == top
     title = title or f"Attribution methods compared: {meta.get('model')} on {meta.get('data')}"
 
-    body = [_header(meta, title), _summary_table(summary, methods, metrics, info, seed)]
+    reference = meta.get("reference")
+    if reference:  # a ★ needs a paired interval against the runner-up that excludes 0
+        best = paired_best(
+            results, better, exclude=floors, seed=seed, group=lambda m: m.removesuffix("|abs")
+        )
+        for s in summary:
+            s["best"] = best.get(s["metric"], {}).get("method") == s["method"]
+        rule = "the best mean, where its paired interval against the runner-up excludes 0"
+        body = [_header(meta, title), _summary_table(summary, methods, metrics, info, seed, rule)]
+        diffs = paired_differences(results, reference, seed=seed)
+        body.append(_paired_table(diffs, best, methods, metrics, info, reference))
+    else:
+        body = [_header(meta, title), _summary_table(summary, methods, metrics, info, seed)]
     body.append("<h2>Figures</h2>")
     available = {s["metric"] for s in summary}
     chosen = faithfulness_metric or _pick_metric(metrics, available)

@@ -19,7 +19,10 @@ and is ignored when reading (and dropped before the next append). A malformed li
 anywhere else is an error. JSON lines are UTF-8; NaN is written as Python's ``json``
 writes it (``NaN``).
 
-:func:`summarize` turns result rows into per-method means with bootstrap intervals.
+:func:`summarize` turns result rows into per-method means with bootstrap intervals;
+:func:`paired_differences` and :func:`paired_best` compare methods on the same examples
+with paired intervals. All three resample through :func:`bootstrap_means`, the one
+bootstrap of the harness.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import os
 import shutil
 import tempfile
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +44,7 @@ import numpy as np
 RESULTS_HEADER = ("method", "example", "metric", "value")
 """Columns of ``results.csv``, in order."""
 
-TASKS = ("classifier", "state")
+TASKS = ("classifier", "state", "llm")
 FAMILIES = ("ours", "gradient", "perturbation", "floor")
 BETTER = ("higher", "lower")
 BOOTSTRAP_RESAMPLES = 2000
@@ -299,6 +302,50 @@ class RunStore:
         return any(m.startswith(metric_prefix) for m in metrics)
 
 
+def bootstrap_means(
+    values: np.ndarray, key: str, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Means of the rows of ``values`` with 95 % percentile bootstrap intervals, paired.
+
+    The harness's one bootstrap. ``values`` is ``(m, n)``: ``m`` series (methods, or
+    differences between methods) over the same ``n`` examples, in the same order. The
+    example indices are resampled once — :data:`BOOTSTRAP_RESAMPLES` draws of ``n``
+    indices with replacement from ``numpy.random.default_rng([seed, crc32(key)])`` — and
+    every row is averaged over the same resamples, so the rows' intervals are paired. The
+    interval is the 2.5th and 97.5th percentiles of a row's resampled means. With one
+    example it is the value itself; with none, everything is NaN.
+
+    Args:
+        values: ``(m, n)`` finite numbers.
+        key: names the resampling stream (the metric), so that the same ``key``, ``seed``
+            and ``n`` give the same resamples.
+        seed: seed of the bootstrap.
+
+    Returns:
+        ``(mean, lo, hi)``, each ``(m,)``.
+
+    Example:
+        >>> x = np.array([[1.0, 2.0, 3.0], [2.0, 3.0, 4.0]])
+        >>> mean, lo, hi = bootstrap_means(np.vstack([x, x[1] - x[0]]), "acc")
+        >>> mean.tolist(), float(hi[2] - lo[2])  # a constant difference: zero width
+        ([2.0, 3.0, 1.0], 0.0)
+    """
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 2:
+        raise ValueError(f"values must be (series, examples), got shape {values.shape}")
+    m, n = values.shape
+    if n == 0:
+        nan = np.full(m, math.nan)
+        return nan, nan.copy(), nan.copy()
+    mean = values.mean(axis=1)
+    if n == 1:
+        return mean, mean.copy(), mean.copy()
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode("utf-8"))])
+    idx = rng.integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))
+    lo, hi = np.percentile(values[:, idx].mean(axis=2), [2.5, 97.5], axis=1)
+    return mean, lo, hi
+
+
 def summarize(
     rows: Iterable[Mapping[str, Any]], better: Mapping[str, str], seed: int = 0
 ) -> list[dict[str, Any]]:
@@ -306,8 +353,9 @@ def summarize(
 
     For each ``(metric, method)`` the values over examples (the last row per example
     when a resumed run wrote one twice; NaN values dropped) give ``n``, ``mean`` and a
-    percentile bootstrap interval ``[lo, hi]``: 2,000 resamples of the examples with
-    replacement, the 2.5th and 97.5th percentiles of the resampled means. The resampling
+    percentile bootstrap interval ``[lo, hi]`` (:func:`bootstrap_means`, ``key`` the metric):
+    2,000 resamples of the examples with replacement, the 2.5th and 97.5th percentiles of
+    the resampled means. The resampling
     generator is ``numpy.random.default_rng([seed, crc32(metric)])``, so the result is
     deterministic for a seed, does not depend on row order, and methods scored on the
     same examples (sorted by name) share the same resamples (paired). With one value the
@@ -342,14 +390,7 @@ def summarize(
         values = np.array([by_example[e] for e in sorted(by_example)], dtype=float)
         values = values[~np.isnan(values)]
         n = len(values)
-        mean = lo = hi = math.nan
-        if n:
-            mean = float(values.mean())
-            lo = hi = mean
-        if n > 1:
-            rng = np.random.default_rng([seed, zlib.crc32(metric.encode("utf-8"))])
-            idx = rng.integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))
-            lo, hi = (float(q) for q in np.percentile(values[idx].mean(axis=1), [2.5, 97.5]))
+        mean, lo, hi = (float(x[0]) for x in bootstrap_means(values[None, :], metric, seed))
         out.append({"metric": metric, "method": method, "n": n, "mean": mean, "lo": lo, "hi": hi})
     for s in out:
         means = [t["mean"] for t in out if t["metric"] == s["metric"] and math.isfinite(t["mean"])]
@@ -358,6 +399,141 @@ def summarize(
             s["best"] = False
         else:
             s["best"] = s["mean"] == (max(means) if direction == "higher" else min(means))
+    return out
+
+
+def _aligned(
+    rows: Iterable[Mapping[str, Any]], exclude: Iterable[str] = ()
+) -> dict[str, tuple[list[str], list[str], np.ndarray]]:
+    """Per metric: its methods (first appearance, ``exclude`` left out), the examples
+    every one of them has a finite value for (sorted), and the ``(methods, examples)``
+    values (the last row per example, as in :func:`summarize`)."""
+    skip = set(exclude)
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for r in rows:
+        if r["method"] not in skip:
+            by_method = table.setdefault(r["metric"], {})
+            by_method.setdefault(r["method"], {})[r["example"]] = float(r["value"])
+    out = {}
+    for metric, by_method in table.items():
+        methods = list(by_method)
+        finite = [{e for e, v in by_method[m].items() if math.isfinite(v)} for m in methods]
+        examples = sorted(set.intersection(*finite))
+        values = np.array([[by_method[m][e] for e in examples] for m in methods], dtype=float)
+        out[metric] = (methods, examples, values.reshape(len(methods), len(examples)))
+    return out
+
+
+def paired_differences(
+    rows: Iterable[Mapping[str, Any]], reference: str, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Each method's mean difference from ``reference``, with a paired bootstrap interval.
+
+    Per metric, the examples that every method has a finite value for are the unit of
+    resampling: the per-example differences ``method − reference`` of all methods go
+    through :func:`bootstrap_means` together, so they share one resampling of the
+    examples (the one :func:`summarize` draws for the metric, when every method has the
+    same examples).
+
+    Args:
+        rows: dicts with ``method``, ``example``, ``metric``, ``value``.
+        reference: the method every other one is compared with.
+        seed: seed of the bootstrap.
+
+    Returns:
+        One dict per ``(metric, method)`` of a metric the reference has, methods in order
+        of first appearance: ``metric``, ``method``, ``reference``, ``n`` (paired
+        examples), ``diff`` (mean of method − reference), ``lo``, ``hi``.
+
+    Example:
+        >>> rows = [
+        ...     {"method": m, "example": f"e{i}", "metric": "acc", "value": i + shift}
+        ...     for m, shift in (("ref", 0.0), ("a", 0.5))
+        ...     for i in range(4)
+        ... ]
+        >>> [(d["method"], d["diff"], d["lo"], d["hi"]) for d in paired_differences(rows, "ref")]
+        [('a', 0.5, 0.5, 0.5)]
+    """
+    out: list[dict[str, Any]] = []
+    for metric, (methods, examples, values) in _aligned(rows).items():
+        if reference not in methods:
+            continue
+        others = [m for m in methods if m != reference]
+        diffs = values[[methods.index(m) for m in others]] - values[methods.index(reference)]
+        mean, lo, hi = bootstrap_means(diffs, metric, seed)
+        out += [
+            {
+                "metric": metric,
+                "method": m,
+                "reference": reference,
+                "n": len(examples),
+                "diff": float(mean[i]),
+                "lo": float(lo[i]),
+                "hi": float(hi[i]),
+            }
+            for i, m in enumerate(others)
+        ]
+    return out
+
+
+def paired_best(
+    rows: Iterable[Mapping[str, Any]],
+    better: Mapping[str, str],
+    exclude: Iterable[str] = (),
+    seed: int = 0,
+    group: Callable[[str], str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The best method of each metric, where a paired bootstrap says it beats the runner-up.
+
+    Per metric in ``better``, over the examples every method (``exclude`` left out, e.g.
+    the floor) has a finite value for: the method with the best mean (the ``leader``),
+    the best of the others outside the leader's group (the ``runner_up``), and the mean of
+    their per-example difference (leader − runner-up) with its paired interval
+    (:func:`bootstrap_means`). ``method`` is the leader when that interval excludes 0,
+    else None (no method is best); without a runner-up it is None too.
+
+    Args:
+        rows: dicts with ``method``, ``example``, ``metric``, ``value``.
+        better: metric name → ``"higher"`` or ``"lower"``.
+        exclude: methods that are never best and not compared.
+        seed: seed of the bootstrap.
+        group: method → its group; methods of one group (e.g. two rankings of one
+            explanation, ``"ig"`` and ``"ig|abs"``) are not each other's runner-up.
+            Default: every method is its own group.
+
+    Returns:
+        ``{metric: {"method", "leader", "runner_up", "n", "diff", "lo", "hi"}}``.
+
+    Example:
+        >>> rows = [
+        ...     {"method": m, "example": f"e{i}", "metric": "acc", "value": i + shift}
+        ...     for i in range(6)
+        ...     for m, shift in (("a", 0.0), ("b", 1.0), ("c", 1.0 + 0.5 * (-1) ** i))
+        ... ]
+        >>> best = paired_best(rows, {"acc": "higher"})["acc"]
+        >>> best["leader"], best["runner_up"], best["method"]  # b and c tie on average
+        ('b', 'c', None)
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for metric, (methods, examples, values) in _aligned(rows, exclude).items():
+        direction = better.get(metric)
+        if direction not in BETTER:
+            continue
+        entry: dict[str, Any] = {"method": None, "leader": None, "runner_up": None}
+        entry.update(n=len(examples), diff=math.nan, lo=math.nan, hi=math.nan)
+        means = values.mean(axis=1) if examples else np.full(len(methods), math.nan)
+        sign = -1.0 if direction == "higher" else 1.0
+        order = [int(i) for i in np.argsort(sign * means, kind="stable")]
+        key = group or (lambda m: m)
+        rivals = [i for i in order[1:] if key(methods[i]) != key(methods[order[0]])]
+        if examples and rivals:
+            first, second = order[0], rivals[0]
+            mean, lo, hi = bootstrap_means(values[[first]] - values[[second]], metric, seed)
+            entry.update(leader=methods[first], runner_up=methods[second])
+            entry.update(diff=float(mean[0]), lo=float(lo[0]), hi=float(hi[0]))
+            if lo[0] > 0 or hi[0] < 0:
+                entry["method"] = methods[first]
+        out[metric] = entry
     return out
 
 

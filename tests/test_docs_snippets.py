@@ -346,6 +346,10 @@ def test_readme(docs_namespace: dict[str, Any], sst2_small_lm: Path) -> None:
     # layer by layer: σ_S of every layer, then (sentences, layers, tokens)
     assert isinstance(ns["std"], dict)
     assert ns["info"].nats_kept.shape == (len(ns["sentences"]), len(ns["info"].layers), tokens)
+    # language models: Captum's result from the SST-2 GPT-2 (CI recipe)
+    from captum.attr import LLMAttributionResult
+
+    assert isinstance(ns["res"], LLMAttributionResult) and ns["fig"] is not None
     # a whole corpus: one row per real token of layer 3
     import pyarrow.parquet as pq
 
