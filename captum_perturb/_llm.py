@@ -10,9 +10,11 @@ of ``token_attr``).
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -183,3 +185,15 @@ def encode_corpus(tokenizer: Any, texts: Sequence[str]) -> tuple[Tensor, Tensor]
         ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         mask[i, : len(r)] = 1
     return ids, mask
+
+
+def std_cache_path(model: nn.Module, ids: Tensor, mask: Tensor, cache_dir: str | Path) -> Path:
+    """The σ_S cache file of :func:`~captum_perturb.next_token_state_std`: a key hashed
+    from the model's weights and the tokenised corpus."""
+    from captum_perturb.packaged_std import _tensor_bytes, weights_hash
+
+    h = hashlib.sha256(weights_hash(model).encode())
+    for t in (ids, mask):
+        h.update(f"{tuple(t.shape)}".encode())
+        h.update(_tensor_bytes(t))
+    return Path(cache_dir) / f"next-token-std-{h.hexdigest()[:20]}.pt"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -195,6 +196,7 @@ def next_token_state_std(
     texts: Sequence[str],
     *,
     batch_size: int = 16,
+    cache_dir: str | Path | None = None,
 ) -> Tensor:
     r"""σ_S of a causal LM's next-token log-probabilities over a corpus, ``(V,)``.
 
@@ -211,24 +213,32 @@ def next_token_state_std(
         tokenizer: its tokenizer.
         texts: prompts like the ones you explain (a few hundred to a few thousand).
         batch_size: texts per forward pass.
+        cache_dir: keep the result in ``cache_dir`` under a key hashed from the model's
+            weights and the tokenised corpus, and load it from there next time (as
+            :func:`~captum_perturb.layer_state_std` does).
 
     Returns:
         ``(V,)`` σ_S in float32; vocabulary entries constant over the corpus get ``inf``
         (left out of the loss, with a warning).
     """
     from captum_perturb import _llm
+    from captum_perturb._parts import atomic_write
 
     if not texts:
         raise ValueError("texts is empty: pass a corpus of prompts")
     device = next(model.parameters()).device
-    ids, mask = (t.to(device) for t in _llm.encode_corpus(tokenizer, texts))
+    ids, mask = _llm.encode_corpus(tokenizer, texts)
+    path = None if cache_dir is None else _llm.std_cache_path(model, ids, mask, cache_dir)
+    if path is not None and path.is_file():
+        return torch.load(path, map_location=device)
+    ids, mask = ids.to(device), mask.to(device)
 
     def log_probs(input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         kwargs = {"use_cache": False} if _llm.accepts(model, "use_cache") else {}
         out = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         return torch.log_softmax(out.logits.float(), dim=-1)
 
-    return estimate_state_std(
+    std = estimate_state_std(
         log_probs,
         ids,
         (mask,),
@@ -236,3 +246,7 @@ def next_token_state_std(
         token_reduction="pool",
         batch_size=batch_size,
     ).float()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: torch.save(std.cpu(), f))
+    return std

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -297,3 +298,22 @@ def test_bfloat16_model_on_cpu() -> None:
     assert res.token_attr is None and bool(res.seq_attr.isfinite().all())
     assert bool((res.seq_attr > 0).all())
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+
+
+def test_next_token_state_std_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cache_dir: the second call loads the file (no forward pass), another corpus or
+    other weights get another key."""
+    tok = tokenizer()
+    model = causal_lm("gpt2")
+    first = next_token_state_std(model, tok, CORPUS, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("next-token-std-*.pt"))) == 1
+
+    def no_forward(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("computed again instead of loading the cache")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(model, "forward", no_forward)
+        assert torch.equal(next_token_state_std(model, tok, CORPUS, cache_dir=tmp_path), first)
+    next_token_state_std(model, tok, CORPUS[:2], cache_dir=tmp_path)
+    next_token_state_std(causal_lm("gpt2", seed=1), tok, CORPUS, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("next-token-std-*.pt"))) == 3
