@@ -109,4 +109,12 @@ def score_of(est: SigmaEstimate, score: str) -> torch.Tensor:
     return est.log_ratio if score == "paper" else est.score
 
 
-__all__ = ["problems", "score_of", "warn_if_needed"]
+def score_std_error_of(est: SigmaEstimate, score: str) -> torch.Tensor:
+    """``(B, G)`` standard error of :func:`score_of`'s score: that of the channel score, or
+    of log σ for the paper's (0 at the bound, where the paper's score is exactly 0)."""
+    if score == "paper":
+        return est.std_error.masked_fill(est.saturated, 0.0)
+    return est.score_std_error
+
+
+__all__ = ["problems", "score_of", "score_std_error_of", "warn_if_needed"]

@@ -18,7 +18,7 @@ from captum_perturb._compat import (
     BaseLLMAttribution,
     convert_ids_to_pretty_tokens,
 )
-from captum_perturb._diagnostics import score_of, warn_if_needed
+from captum_perturb._diagnostics import score_of, score_std_error_of, warn_if_needed
 from captum_perturb._features import dense_groups
 from captum_perturb._hooks import capture, run_until_captured
 from captum_perturb._model_state import evaluation_mode
@@ -310,12 +310,7 @@ class LLMPerturbationEntropyAttribution(BaseLLMAttribution):
         """Scatter the groups' nats onto Captum's features (``format_attr`` for masks)."""
         size = est.group_size
         nats = score_of(est, score).nan_to_num(0.0) * size
-        se = (
-            est.score_std_error
-            if score == "channel"
-            else est.std_error.masked_fill(est.saturated, 0.0)
-        )
-        se = se.nan_to_num(0.0) * size
+        se = score_std_error_of(est, score).nan_to_num(0.0) * size
         n_feat = inp.n_itp_features
 
         def scatter(x: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from captum_perturb._diagnostics import score_std_error_of
 from captum_perturb.functional.estimate import SigmaEstimate
 
 
@@ -64,9 +65,7 @@ class PerturbationEntropyResult:
     @property
     def std_error(self) -> Tensor:
         """``(B, G)`` standard error of each group's score (nats per dimension)."""
-        if self.score == "paper":
-            return self.estimate.std_error.masked_fill(self.estimate.saturated, 0.0)
-        return self.estimate.score_std_error
+        return score_std_error_of(self.estimate, self.score)
 
     @property
     def saturated(self) -> Tensor:
