@@ -25,9 +25,10 @@ class LLMLayerAttribution(LLMGradientAttribution):
     Captum's wrapper calls the method once per answer token with
     :math:`\Phi` = that token's log-probability (one scalar), the estimator's noisiest
     state, and sums the rows; keyword arguments of ``attribute`` (``state_std=``,
-    ``config=``, ``seed=``) reach our method. σ_S of a scalar log-prob is one number
-    (e.g. ``torch.tensor(2.0)`` nats, its spread over a corpus); without it each token is
-    divided by its own log-prob squared, with a warning. For the information measure of
+    ``config=``, ``seed=``) reach our method. σ_S of a scalar log-prob is one number,
+    the spread of the next token's log-prob over a corpus (2.4 nats for the SST-2
+    GPT-2); without it each token is divided by its own log-prob squared, with a
+    warning. For the information measure of
     the paper on the whole next-token distribution, in one batched call, use
     :class:`~captum_perturb.LLMPerturbationEntropyAttribution`.
     """
