@@ -119,9 +119,11 @@ def accepts(model: nn.Module, name: str) -> bool:
     return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
 
 
-def run_model(model: nn.Module, ids: Tensor) -> Tensor:
-    """Logits ``(n, L, V)`` of a causal LM for ids ``(n, L)``: no padding, no KV cache."""
-    kwargs: dict[str, Any] = {"attention_mask": torch.ones_like(ids)}
+def run_model(model: nn.Module, ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """Logits ``(n, L, V)`` of a causal LM for ids ``(n, L)``, KV cache off; no padding
+    unless an ``attention_mask`` says where."""
+    mask = torch.ones_like(ids) if attention_mask is None else attention_mask
+    kwargs: dict[str, Any] = {"attention_mask": mask}
     if accepts(model, "use_cache"):
         kwargs["use_cache"] = False
     out = model(input_ids=ids, **kwargs)
@@ -132,6 +134,22 @@ def run_model(model: nn.Module, ids: Tensor) -> Tensor:
             "return logits of shape (batch, tokens, vocabulary)"
         )
     return logits[:, 0] if logits.dim() == 4 else logits  # Llama-4 style (B, 1, L, V)
+
+
+def answer_log_probs(
+    logits: Tensor, n_prompt: int, n_target: int, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """``(n, T, V)`` next-token log-probs at the ``T`` answer positions of a teacher-forced
+    sequence (prompt of ``n_prompt`` tokens, then the answer): position ``P - 1 + t``
+    predicts answer token ``t``."""
+    at = logits[:, n_prompt - 1 : n_prompt - 1 + n_target]
+    return torch.log_softmax(at.to(dtype), dim=-1)
+
+
+def answer_token_log_probs(logits: Tensor, n_prompt: int, answer: Tensor) -> Tensor:
+    """``(n, T)`` float64 log-probability of each answer token (teacher forcing)."""
+    lp = answer_log_probs(logits, n_prompt, len(answer), torch.float64)
+    return lp.gather(2, answer.to(lp.device).view(1, -1, 1).expand(lp.shape[0], -1, 1))[..., 0]
 
 
 def next_token_state(
@@ -150,17 +168,9 @@ def next_token_state(
                 f"the embedding layer {type(layer).__name__} did not run: pass the module "
                 "that turns input_ids into embeddings as layer="
             )
-        at = logits[:, n_prompt - 1 : n_prompt - 1 + n_target]
-        return torch.log_softmax(at.float(), dim=-1)
+        return answer_log_probs(logits, n_prompt, n_target)
 
     return state_fn
-
-
-def target_log_probs(model: nn.Module, ids: Tensor, n_prompt: int, target: Tensor) -> Tensor:
-    """``(T,)`` clean log-probability of each target token (teacher forcing)."""
-    with torch.no_grad():
-        logits = run_model(model, ids)[0, n_prompt - 1 : n_prompt - 1 + len(target)]
-    return torch.log_softmax(logits.float(), dim=-1).gather(1, target.view(-1, 1)).flatten()
 
 
 def context_size(model: nn.Module) -> int | None:

@@ -20,7 +20,7 @@ from captum_perturb._compat import (
 )
 from captum_perturb._diagnostics import score_of, score_std_error_of, warn_if_needed
 from captum_perturb._features import dense_groups
-from captum_perturb._hooks import capture, run_until_captured
+from captum_perturb._hooks import capture
 from captum_perturb._model_state import evaluation_mode
 from captum_perturb.config import DEFAULT, EstimatorConfig
 from captum_perturb.functional.estimate import SigmaEstimate, estimate_sigma
@@ -189,13 +189,24 @@ class LLMPerturbationEntropyAttribution(BaseLLMAttribution):
             self._check_length(prompt.shape[1], len(answer))
             ids = torch.cat([prompt[0], answer.cpu()]).unsqueeze(0).to(self.device)
             std = self.state_std if state_std is None else state_std
+            clean, answer_lp = self._clean(ids, prompt.shape[1], answer)
             est, table = self._estimate(
-                ids, feature, len(answer), per_token, rate, sigma_max, std, config, seed,
-                internal_batch_size, show_progress,
+                ids, clean, feature, len(answer), per_token, rate, sigma_max, std, config,
+                seed, internal_batch_size, show_progress,
             )  # fmt: skip
-            probs = _llm.target_log_probs(self.model, ids, prompt.shape[1], answer.to(ids.device))
         warn_if_needed(est, config or DEFAULT, masked=True, score=score, who=type(self).__name__)
-        return self._result(inp, est, table, answer, probs.exp(), score, std is not None)
+        return self._result(inp, est, table, answer, answer_lp.exp(), score, std is not None)
+
+    def _clean(self, ids: Tensor, n_prompt: int, answer: Tensor) -> tuple[Tensor, Tensor]:
+        """One clean pass: the embedding layer's value ``(1, P + T, D)`` in the estimator's
+        dtype, and ``(T,)`` each answer token's log-probability."""
+        sink: list[Tensor] = []
+        with torch.no_grad(), capture(self.layer, sink, stop=False):
+            logits = _llm.run_model(self.model, ids)
+        clean = sink[0].detach()
+        return clean.to(working_dtype(clean.dtype)), _llm.answer_token_log_probs(
+            logits, n_prompt, answer
+        )[0]
 
     def _answer(self, prompt: Tensor, target: str | Tensor | None, gen_args: Any) -> Tensor:
         """The target token ids, ``(T,)`` on the CPU, checked."""
@@ -250,6 +261,7 @@ class LLMPerturbationEntropyAttribution(BaseLLMAttribution):
     def _estimate(
         self,
         ids: Tensor,
+        clean: Tensor,
         feature: Tensor,
         n_target: int,
         per_token: bool,
@@ -264,11 +276,6 @@ class LLMPerturbationEntropyAttribution(BaseLLMAttribution):
         """One estimator call: rows of the same perturbed prompt, one per explained state.
         Returns the estimate and ``(R, G)`` the feature of each group."""
         n_prompt = ids.shape[1] - n_target
-        sink: list[Tensor] = []
-        with torch.no_grad(), capture(self.layer, sink):
-            run_until_captured(lambda: _llm.run_model(self.model, ids))
-        clean = sink[0].detach()
-        clean = clean.to(working_dtype(clean.dtype))
         mask = _llm.row_mask(n_target, per_token).to(clean)
         rows = mask.shape[0]
         values = clean.expand(rows, -1, -1).contiguous()

@@ -55,8 +55,11 @@ class LLMPerturbationEntropyResult(LLMAttributionResult):
         """``converged`` (all rows), ``max_std_error`` (nats, over every entry),
         ``saturated_fraction`` (of ``seq_attr``'s features), ``evaluations`` (copies
         pushed through the model) and ``normaliser``."""
-        se = self.seq_std_error if self.token_std_error is None else self.token_std_error
-        se = torch.cat([self.seq_std_error.reshape(-1), se.reshape(-1)])
+        rows = [
+            self.seq_std_error,
+            *([] if self.token_std_error is None else [self.token_std_error]),
+        ]
+        se = torch.cat([r.reshape(-1) for r in rows])
         return {
             "converged": bool(self.converged.all()),
             "max_std_error": float(se.nan_to_num(0.0).max()) if se.numel() else 0.0,

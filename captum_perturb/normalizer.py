@@ -234,9 +234,7 @@ def next_token_state_std(
     ids, mask = ids.to(device), mask.to(device)
 
     def log_probs(input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        kwargs = {"use_cache": False} if _llm.accepts(model, "use_cache") else {}
-        out = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        return torch.log_softmax(out.logits.float(), dim=-1)
+        return torch.log_softmax(_llm.run_model(model, input_ids, attention_mask).float(), -1)
 
     std = estimate_state_std(
         log_probs,

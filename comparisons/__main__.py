@@ -218,12 +218,13 @@ def llm_study(args: argparse.Namespace) -> int:
     import torch
 
     from comparisons import llm_study as ls
+    from comparisons.language_model import load_language_model
     from comparisons.resources import data_dir, read_sentences
 
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = args.methods.split(",") if args.methods else list(ls.DEFAULT_LLM_METHODS)
-    model, tokenizer, where = ls.load_language_model(args.recipe)
+    model, tokenizer, where = load_language_model(args.recipe)
     sst2 = data_dir() / "sst2"
     store = ls.run_llm_study(
         model,

@@ -422,6 +422,16 @@ def sst2_language_model(
     return target
 
 
+def load_language_model(recipe: str) -> tuple[Any, Any, Path]:
+    """The SST-2 GPT-2 of ``recipe`` in eval mode (trained once and cached), its tokenizer
+    and its folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where = sst2_language_model(recipe)
+    model = AutoModelForCausalLM.from_pretrained(where).eval()
+    return model, AutoTokenizer.from_pretrained(where), where
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="full", choices=sorted(RECIPES))

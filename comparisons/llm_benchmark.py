@@ -39,21 +39,10 @@ from typing import Any
 import torch
 
 from comparisons import llm_study as ls
+from comparisons.language_model import load_language_model
 
 REFERENCE = "layer_ig"
 TARGET_RATIO = 1.0
-
-
-def _ours(ctx: ls.LLMContext, per_token: bool) -> Callable[[ls.LLMExample], Any]:
-    from captum_perturb import LLMPerturbationEntropyAttribution
-
-    llm_attr = LLMPerturbationEntropyAttribution(ctx.model, ctx.tokenizer, state_std=ctx.state_std)
-
-    def run(ex: ls.LLMExample) -> Any:
-        inp = ctx.text_input(ex)
-        return llm_attr.attribute(inp, target=ex.target, per_token=per_token, seed=ex.seed)
-
-    return run
 
 
 def _ours_separate(ctx: ls.LLMContext) -> Callable[[ls.LLMExample], Any]:
@@ -79,7 +68,7 @@ def runners(ctx: ls.LLMContext) -> dict[str, Callable[[ls.LLMExample], Any]]:
     """The timed calls, by name (the study's explainers where they are the same)."""
     return {
         "ours_seq": ls.LLM_METHODS["ours"].build(ctx),
-        "ours_token_batched": _ours(ctx, per_token=True),
+        "ours_token_batched": ls.ours(ctx, per_token=True),
         "ours_token_separate": _ours_separate(ctx),
         REFERENCE: ls.LLM_METHODS[REFERENCE].build(ctx),
         "feature_ablation": ls.LLM_METHODS["feature_ablation"].build(ctx),
@@ -173,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer, where = ls.load_language_model(args.recipe)
+    model, tokenizer, where = load_language_model(args.recipe)
     sst2 = data_dir() / "sst2"
     dev = [s for s, _ in read_sentences(sst2 / "dev.tsv")]
     corpus = ls.corpus_prompts([s for s, _ in read_sentences(sst2 / "train.tsv")], args.corpus)

@@ -97,9 +97,7 @@ def write_page(res: Any, info: Any, out_dir: Path, prompt: str, model_name: str)
 def llm_page(out_dir: Path, recipe: str, prompt: str = PROMPT, seed: int = 0) -> Path | None:
     """The page on the SST-2 GPT-2 (trained on first use, then cached); None without
     SST-2 on disk (the model is trained on it), with a note."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from comparisons.language_model import sst2_language_model
+    from comparisons.language_model import load_language_model
     from comparisons.llm_study import corpus_prompts
     from comparisons.resources import data_dir, read_sentences
 
@@ -108,9 +106,7 @@ def llm_page(out_dir: Path, recipe: str, prompt: str = PROMPT, seed: int = 0) ->
         print(f"note: {train} not found: the LLM page needs SST-2 to train its GPT-2; skipped")
         return None
     print(f"LLM page: the SST-2 GPT-2 ({recipe} recipe; the full one trains ~15 min once)")
-    where = sst2_language_model(recipe)
-    model = AutoModelForCausalLM.from_pretrained(where).eval()
-    tokenizer = AutoTokenizer.from_pretrained(where)
+    model, tokenizer, where = load_language_model(recipe)
     corpus = corpus_prompts([s for s, _ in read_sentences(train)])  # as the LLM study
     with torch.random.fork_rng(devices=[]):
         res, info = explain_prompt(model, tokenizer, prompt, corpus, seed)

@@ -9,7 +9,7 @@ dropped; prompts whose continuation is empty are skipped). Every method gives
 
 * ``ours``: :class:`~captum_perturb.LLMPerturbationEntropyAttribution`, ``seq_attr``
   alone, σ_S from :func:`~captum_perturb.next_token_state_std` over the first-half
-  prompts of :data:`CORPUS_SIZE` SST-2 *train* sentences (saved as ``state_std.pt``);
+  prompts of :data:`CORPUS_SIZE` SST-2 *train* sentences (cached in the run folder);
 * ``feature_ablation``, ``shapley_sampling``, ``kernel_shap``: Captum's
   ``LLMAttribution`` with Captum's defaults but one (:data:`CAPTUM_SETTINGS`);
 * ``layer_ig``: ``LLMGradientAttribution(LayerIntegratedGradients)`` on the input
@@ -56,7 +56,6 @@ N_TIE_ORDERS = 16
 MAX_K = 3
 REFERENCE = "layer_ig"
 IG_STEPS = 50
-STATE_STD_FILE = "state_std.pt"
 CAPTUM_SETTINGS = {"baseline_token_id": 0, "forward_in_tokens": False, "n_samples": 25}
 """How the three ``LLMAttribution`` methods run. Captum's defaults, but one: the
 ``TextTokenInput`` baseline id 0 (``<|endoftext|>`` for the SST-2 GPT-2), 25 permutations
@@ -201,20 +200,6 @@ def corpus_prompts(sentences: Sequence[str], size: int = CORPUS_SIZE) -> list[st
     return prompts[:size]
 
 
-def state_std_for(model: nn.Module, tokenizer: Any, corpus: Sequence[str], path: Path) -> Tensor:
-    """σ_S of the next-token log-probs over ``corpus``, from ``path`` when saved there
-    (a resumed run), else computed and saved."""
-    from captum_perturb import next_token_state_std
-
-    if path.is_file():
-        std: Tensor = torch.load(path)
-        if std.shape == (len(tokenizer),):
-            return std
-    std = next_token_state_std(model, tokenizer, corpus)
-    torch.save(std, path)
-    return std
-
-
 # ------------------------------------------------------------------------------ methods
 Explain = Callable[[LLMExample], tuple[Tensor, dict[str, Any]]]
 """One example -> ``(n,)`` seq_attr over its prompt tokens and extra facts to store."""
@@ -252,7 +237,9 @@ class LLMMethod:
     build: Callable[[LLMContext], Explain]
 
 
-def _ours(ctx: LLMContext) -> Explain:
+def ours(ctx: LLMContext, per_token: bool = False) -> Explain:
+    """Our method's explainer: ``seq_attr`` (and, with ``per_token``, ``token_attr`` in the
+    same call, as the benchmark times it)."""
     from captum_perturb import LLMPerturbationEntropyAttribution
 
     llm_attr = LLMPerturbationEntropyAttribution(ctx.model, ctx.tokenizer, state_std=ctx.state_std)
@@ -261,7 +248,7 @@ def _ours(ctx: LLMContext) -> Explain:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # unconverged estimates are recorded instead
             res = llm_attr.attribute(
-                ctx.text_input(ex), target=ex.target, per_token=False, seed=ex.seed
+                ctx.text_input(ex), target=ex.target, per_token=per_token, seed=ex.seed
             )
         return res.seq_attr, {
             "converged": bool(res.converged.all()),
@@ -341,7 +328,7 @@ LLM_METHODS = {
             description="LLMPerturbationEntropyAttribution, seq_attr only (per_token=False), "
             f"nats; σ_S = next_token_state_std over {CORPUS_SIZE} first-half SST-2 train "
             "prompts; default estimator; seed per example",
-            build=_ours,
+            build=ours,
         ),
         LLMMethod(
             name="feature_ablation",
@@ -400,7 +387,7 @@ LogProbFn = Callable[[Sequence[Tensor]], Tensor]
 def target_log_prob_fn(model: nn.Module, target: Tensor, batch_size: int = 64) -> LogProbFn:
     """:data:`LogProbFn` of ``model`` for the answer ``target`` (teacher forcing, no KV
     cache); prompts of equal length share a batch, so no padding is needed."""
-    from captum_perturb._llm import run_model
+    from captum_perturb._llm import answer_token_log_probs, run_model
 
     def log_prob(prompts: Sequence[Tensor]) -> Tensor:
         out = torch.empty(len(prompts), dtype=torch.float64)
@@ -412,10 +399,8 @@ def target_log_prob_fn(model: nn.Module, target: Tensor, batch_size: int = 64) -
                 chunk = rows[start : start + batch_size]
                 ids = torch.stack([torch.cat([prompts[i], target]) for i in chunk])
                 with torch.no_grad():
-                    logits = run_model(model, ids)[:, length - 1 : length - 1 + len(target)]
-                lp = torch.log_softmax(logits.double(), dim=-1)
-                picked = lp.gather(2, target.view(1, -1, 1).expand(len(chunk), -1, 1))
-                out[chunk] = picked.sum((1, 2))
+                    logits = run_model(model, ids)
+                out[chunk] = answer_token_log_probs(logits, length, target).sum(1).cpu()
         return out
 
     return log_prob
@@ -569,17 +554,6 @@ def score_example(
         store.add_results((label, ex.id, metric, value) for metric, value in rows.items())
 
 
-def load_language_model(recipe: str) -> tuple[nn.Module, Any, Path]:
-    """The SST-2 GPT-2 of ``recipe`` (trained once and cached), its tokenizer, its folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from comparisons.language_model import sst2_language_model
-
-    where = sst2_language_model(recipe)
-    model = AutoModelForCausalLM.from_pretrained(where).eval()
-    return model, AutoTokenizer.from_pretrained(where), where
-
-
 def study_notes(skipped: dict[str, int], n_wanted: int, n_got: int) -> list[str]:
     """What ``meta.json`` says about the examples that were left out."""
     notes = [
@@ -626,6 +600,7 @@ def run_llm_study(
     """
     from tqdm.auto import tqdm
 
+    from captum_perturb import next_token_state_std
     from comparisons.report import write_report
 
     unknown = [m for m in methods if m not in LLM_METHODS]
@@ -637,7 +612,7 @@ def run_llm_study(
     examples, skipped = build_examples(model, tokenizer, sentences, n, seed)
     std = None
     if "ours" in methods:
-        std = state_std_for(model, tokenizer, corpus, store.run_dir / STATE_STD_FILE)
+        std = next_token_state_std(model, tokenizer, corpus, cache_dir=store.run_dir)
     ctx = LLMContext(model, tokenizer, std)
     explainers = {m: LLM_METHODS[m].build(ctx) for m in methods}
     meta: dict[str, Any] = {

@@ -230,7 +230,8 @@ def test_study_end_to_end(small_lm: Path, tmp_path: Path) -> None:
     explained = store.explanations()
     assert len(explained) == len(ls.DEFAULT_LLM_METHODS) * 2
     assert all(len(e["tokens"]) == len(e["scores"]) >= 2 for e in explained)
-    assert torch.load(out / ls.STATE_STD_FILE).ndim == 1
+    (cached,) = out.glob("next-token-std-*.pt")  # σ_S, kept for a resumed run
+    assert torch.load(cached).ndim == 1
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "Paired differences from layer_ig" in page and "Best method per metric" in page
     assert main(argv) == 0
