@@ -55,13 +55,9 @@ def workloads(
     model, tok = load_encoder()
     out: dict[str, tuple[nn.Module, Any, Forward, Any]] = {}
     if with_classifier:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from comparisons.benchmark import load_classifier
 
-        from comparisons.finetune import sst2_classifier
-
-        where = sst2_classifier("full")
-        clf = AutoModelForSequenceClassification.from_pretrained(where).eval()
-        ctok = AutoTokenizer.from_pretrained(where)
+        clf, ctok = load_classifier(None)
         out["logits"] = (
             clf,
             ctok,

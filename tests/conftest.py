@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+import torch
 
 # The tests never reach the Hugging Face hub: everything is loaded from local folders.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -141,6 +142,35 @@ def sst2_small_lm(sst2_train_path: Path, sst2_dev_path: Path) -> Path:
     from comparisons.language_model import sst2_language_model
 
     return sst2_language_model("small", train_path=sst2_train_path, dev_path=sst2_dev_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
+    """A tiny random ``BertForSequenceClassification`` with the packaged MiniLM's tokenizer.
+
+    Stands in for a fine-tuned classifier (none is available offline); two labels named
+    like SST-2's. Built under ``torch.random.fork_rng`` so the global RNG is untouched.
+    """
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir))
+    config = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(config).eval()
+    where = tmp_path_factory.mktemp("tiny_classifier")
+    model.save_pretrained(where)
+    tok.save_pretrained(where)
+    return where
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -37,31 +37,6 @@ def test_peak_rss_increase_without_proc_is_nan(monkeypatch: pytest.MonkeyPatch) 
     assert out == 3 and math.isnan(increase)
 
 
-@pytest.fixture(scope="module")
-def tiny_classifier(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
-    """A tiny random two-label BERT classifier with the packaged MiniLM's tokenizer: stands
-    in for the fine-tuned one (training it takes minutes). The global RNG is untouched."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    tok = AutoTokenizer.from_pretrained(str(minilm_dir))
-    config = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        id2label={0: "negative", 1: "positive"},
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = BertForSequenceClassification(config).eval()
-    where = tmp_path_factory.mktemp("tiny_classifier")
-    model.save_pretrained(where)
-    tok.save_pretrained(where)
-    return where
-
-
 @pytest.fixture
 def keep_threads() -> Iterator[None]:
     """``--threads`` sets torch's thread count for the process: give it back afterwards."""

@@ -285,35 +285,6 @@ def test_every_known_snippet_file_is_found_and_every_snippet_compiles() -> None:
 # ---------------------------------------------------------------- running the docs
 
 
-@pytest.fixture(scope="module")
-def tiny_classifier(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
-    """A tiny random ``BertForSequenceClassification`` with the packaged MiniLM's tokenizer.
-
-    Stands in for a fine-tuned classifier (none is available offline); two labels named
-    like SST-2's. Built under ``torch.random.fork_rng`` so the global RNG is untouched.
-    """
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    tok = AutoTokenizer.from_pretrained(str(minilm_dir))
-    config = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        id2label={0: "negative", 1: "positive"},
-        label2id={"negative": 0, "positive": 1},
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = BertForSequenceClassification(config).eval()
-    where = tmp_path_factory.mktemp("tiny_classifier")
-    model.save_pretrained(where)
-    tok.save_pretrained(where)
-    return where
-
-
 @pytest.fixture
 def docs_namespace(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, minilm_dir: Path
