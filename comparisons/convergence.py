@@ -90,6 +90,19 @@ def embeddings_of(model: nn.Module) -> nn.Module:
     return emb
 
 
+def corpus_std(spec: tuple[nn.Module, Any, Forward, Any], texts: list[str]) -> Tensor:
+    """σ_S of a workload's state over ``texts`` (padded, ``attention_mask=`` given)."""
+    _, tok, forward, state_layer = spec
+    corpus = tok(texts, return_tensors="pt", padding=True)
+    return estimate_state_std(
+        forward,
+        corpus["input_ids"],
+        (corpus["attention_mask"],),
+        layer=state_layer,
+        attention_mask=corpus["attention_mask"],
+    )
+
+
 def run(
     name: str,
     spec: tuple[nn.Module, Any, Forward, Any],
@@ -101,14 +114,7 @@ def run(
 ) -> dict[str, Any]:
     """Explain ``dev`` in batches and summarise convergence and abstention."""
     model, tok, forward, state_layer = spec
-    corpus = tok(train, return_tensors="pt", padding=True)
-    std = estimate_state_std(
-        forward,
-        corpus["input_ids"],
-        (corpus["attention_mask"],),
-        layer=state_layer,
-        attention_mask=corpus["attention_mask"],
-    )
+    std = corpus_std(spec, train)
     lpe = LayerPerturbationEntropyAttribution(forward, embeddings_of(model))
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()

@@ -39,13 +39,12 @@ import torch
 from torch import Tensor
 
 import captum_perturb.functional.estimate as estimate_module
-from captum_perturb import LayerPerturbationEntropyAttribution, estimate_state_std
+from captum_perturb import LayerPerturbationEntropyAttribution
+from captum_perturb.functional.fixed_point import _LINEAR_SCALE
 from captum_perturb.functional.problem import Problem, SigmaEstimate
-from comparisons.convergence import embeddings_of, workloads
+from comparisons.convergence import corpus_std, embeddings_of, workloads
 from comparisons.resources import sst2_dev
 
-#: the twin's scale h (as the estimator's)
-_LINEAR_SCALE = 1e-2
 #: Jacobian projections measured for the first-order value
 _PROJECTIONS = 32
 #: SobolEngine's largest dimension
@@ -121,14 +120,7 @@ def per_evaluation_variance(prob: Problem, u: Tensor, draws: int, seed: int) -> 
 def probe(name: str, spec: Any, sentences: list[str], corpus: list[str], draws: int) -> None:
     """Print the median relative variance per evaluation of every lever, per sentence."""
     model, tok, forward, layer = spec
-    enc = tok(corpus, return_tensors="pt", padding=True)
-    std = estimate_state_std(
-        forward,
-        enc["input_ids"],
-        (enc["attention_mask"],),
-        layer=layer,
-        attention_mask=enc["attention_mask"],
-    )
+    std = corpus_std(spec, corpus)
     lpe = LayerPerturbationEntropyAttribution(forward, embeddings_of(model))
     for i, sentence in enumerate(sentences):
         one = tok([sentence], return_tensors="pt")
