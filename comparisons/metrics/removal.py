@@ -2,8 +2,9 @@
 
 How a token is removed is a strategy object (:class:`MaskRemover`,
 :class:`DeleteRemover`, both satisfying the :class:`Remover` protocol), so that every
-metric can be reported under both removal styles. :func:`rank_tokens` orders the
-non-special tokens by their score, most important first.
+metric can be reported under both removal styles. :func:`tie_orders` orders the
+non-special tokens by their score, most important first, ties in random orders, and
+:func:`abstains` says when an explanation ranks nothing.
 """
 
 from __future__ import annotations
@@ -102,20 +103,66 @@ class DeleteRemover:
         return torch.as_tensor(list(new_ids), dtype=ids.dtype, device=ids.device)
 
 
-def rank_tokens(scores: Tensor, special: Tensor, signed: bool) -> Tensor:
-    r"""Positions of the non-special tokens, most important first.
+N_TIE_ORDERS = 16
+"""Random orders of the tied tokens that a ranking with ties is scored over."""
+
+
+def _ranking_key(scores: Tensor, special: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
+    """Positions of the non-special tokens and the key they are ranked by (float64)."""
+    if scores.dim() != 1 or special.shape != scores.shape or special.dtype != torch.bool:
+        raise ValueError("scores must be 1-D and special a bool tensor of the same shape")
+    positions = torch.nonzero(~special).flatten()
+    key = scores.detach()[positions].double().cpu()
+    if bool(torch.isnan(key).any()):
+        raise ValueError("scores contain NaN at a non-special position")
+    return positions, key if signed else key.abs()
+
+
+def abstains(scores: Tensor, special: Tensor, signed: bool) -> bool:
+    """Whether an explanation ranks nothing: ≥ 2 non-special tokens, all tied.
+
+    Tied under the ranking's key: the signed score (``signed=True``) or ``|score|``. An
+    all-zero explanation abstains under both.
+
+    Example:
+        >>> special = torch.tensor([True, False, False, True])
+        >>> abstains(torch.tensor([5.0, 0.0, 0.0, 1.0]), special, signed=True)
+        True
+        >>> abstains(torch.tensor([0.0, 1.0, -1.0, 0.0]), special, signed=True)
+        False
+        >>> abstains(torch.tensor([0.0, 1.0, -1.0, 0.0]), special, signed=False)
+        True
+    """
+    _, key = _ranking_key(scores, special, signed)
+    return key.numel() >= 2 and bool((key == key[0]).all())
+
+
+def tie_orders(
+    scores: Tensor,
+    special: Tensor,
+    signed: bool,
+    n_orders: int = N_TIE_ORDERS,
+    seed: int = 0,
+) -> list[Tensor]:
+    r"""Positions of the non-special tokens, most important first, ties in random order.
 
     Tokens are sorted by descending ``score`` (``signed=True``: evidence for the class
-    first, evidence against it last) or descending ``|score|`` (``signed=False``). Ties
-    go to the lower position first (a stable sort), so the ranking is deterministic.
+    first, evidence against it last) or descending ``|score|`` (``signed=False``).
+    Without ties there is one order. With ties, ``n_orders`` orders: each sorts a seeded
+    random permutation of the tokens by the key (a stable sort), so tied tokens come in
+    a uniformly random order — never in reading order — and a metric averaged over the
+    orders estimates its expectation over the orders of the ties (unbiased; for an
+    explanation that ties everything, the expected score of a random ranking).
 
     Args:
         scores: ``(T,)`` attribution per token; values at special positions are ignored.
         special: ``(T,)`` bool, True at special tokens.
         signed: Rank by the signed score rather than its absolute value.
+        n_orders: Orders drawn when there are ties.
+        seed: Seeds the orders (``torch.Generator().manual_seed(seed)``).
 
     Returns:
-        ``(n,)`` long tensor of positions.
+        One or ``n_orders`` ``(n,)`` long tensors of positions.
 
     Raises:
         ValueError: on a shape mismatch or a NaN score at a non-special position.
@@ -123,18 +170,21 @@ def rank_tokens(scores: Tensor, special: Tensor, signed: bool) -> Tensor:
     Example:
         >>> scores = torch.tensor([9.0, 0.1, -0.5, 0.3, 9.0])
         >>> special = torch.tensor([True, False, False, False, True])
-        >>> rank_tokens(scores, special, signed=True)
-        tensor([3, 1, 2])
-        >>> rank_tokens(scores, special, signed=False)
-        tensor([2, 3, 1])
+        >>> tie_orders(scores, special, signed=True)
+        [tensor([3, 1, 2])]
+        >>> tie_orders(scores, special, signed=False)
+        [tensor([2, 3, 1])]
+        >>> len(tie_orders(torch.zeros(5), special, signed=True, n_orders=4))
+        4
     """
-    if scores.dim() != 1 or special.shape != scores.shape or special.dtype != torch.bool:
-        raise ValueError("scores must be 1-D and special a bool tensor of the same shape")
-    positions = torch.nonzero(~special).flatten()
-    key = scores.detach()[positions].double()
-    if bool(torch.isnan(key).any()):
-        raise ValueError("scores contain NaN at a non-special position")
-    if not signed:
-        key = key.abs()
-    order = torch.sort(key, descending=True, stable=True).indices
-    return positions[order]
+    positions, key = _ranking_key(scores, special, signed)
+    if n_orders < 1:
+        raise ValueError(f"n_orders must be >= 1, got {n_orders}")
+    if len(torch.unique(key)) == len(key):
+        return [positions[torch.sort(key, descending=True, stable=True).indices]]
+    gen = torch.Generator().manual_seed(seed)
+    orders = []
+    for _ in range(n_orders):
+        perm = torch.randperm(len(key), generator=gen)
+        orders.append(positions[perm[torch.sort(key[perm], descending=True, stable=True).indices]])
+    return orders

@@ -1,0 +1,1 @@
+"""Language models through Captum's LLM API: the SST-2 prompt study and the main job's page."""
