@@ -317,7 +317,7 @@ def _layers_cli(out: Path, sentences: Path, procs: int) -> None:
     cmd = [
         *head, "-m", "comparisons", "layers", "--file", str(sentences), "--num-sentences", "5",
         "--models", "minilm", "--layers", "1,3", "--batch-size", "2", "--corpus", "0",
-        "--bootstrap", "20", "--threads", "1", "--out", str(out),
+        "--bootstrap", "2000", "--threads", "1", "--out", str(out),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     subprocess.run(cmd, check=True, env=env, cwd=ROOT, timeout=300, capture_output=True)

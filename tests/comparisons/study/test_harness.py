@@ -452,7 +452,8 @@ def test_pipeline_meta_describes_methods_and_metrics(pipeline: PipelineRun) -> N
 
 def _example_table(page: str, example_id: str) -> str:
     match = re.search(
-        rf"<h3>{re.escape(html.escape(example_id))}</h3><p>.*?</p>(<table.*?</table>)",
+        rf"<h3>{re.escape(html.escape(example_id))}</h3><p>.*?</p>"
+        r"(?:<div class='captum'>)?(<table.*?</table>)",
         page,
         re.S,
     )

@@ -124,7 +124,7 @@ def test_every_method_has_every_classifier_metric_for_every_example(study: SST2R
         for i, ex in enumerate(study.examples):
             own = "|" not in label
             extra = (CURVES if own else set()) | (CAPTUM if own and i == 0 else set())
-            expected[(label, ex.id)] = _REMOVAL | extra | {"seconds"}
+            expected[(label, ex.id)] = _REMOVAL | extra | {"seconds", "abstained"}
     assert found == expected
     for r in rows:
         # ferret's AOPC is NaN when no token has a positive score (no bin is used)
@@ -171,7 +171,10 @@ def test_report_shows_every_method_for_every_example(study: SST2Run) -> None:
     page = (study.out / "report.html").read_text(encoding="utf-8")
     for ex in study.examples:
         match = re.search(
-            rf"<h3>{re.escape(html.escape(ex.id))}</h3><p>.*?</p>(<table.*?</table>)", page, re.S
+            rf"<h3>{re.escape(html.escape(ex.id))}</h3><p>.*?</p>"
+            r"(?:<div class='captum'>)?(<table.*?</table>)",
+            page,
+            re.S,
         )
         assert match, f"no visualisation table for {ex.id}"
         methods = re.findall(r"<b>([^<]*)</b></text></td><td><text[^>]*><b>[-0-9.]+</b>", match[1])
