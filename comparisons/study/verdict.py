@@ -125,9 +125,10 @@ def _abstention_sentence(summary: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _sanity_sentence(verdicts: Mapping[str, Mapping[str, Any]], floors: Iterable[str]) -> list[str]:
-    """The methods failing the sanity check (the floor, which ignores the weights, left
-    out)."""
-    checked = {m: v for m, v in verdicts.items() if m not in set(floors)}
+    """Who fails the sanity check; the floor, which ignores the weights by construction,
+    is the check's negative control and is named as such."""
+    floor = set(floors)
+    checked = {m: v for m, v in verdicts.items() if m not in floor}
     if not checked:
         return []
     first = next(iter(checked.values()))
@@ -135,9 +136,11 @@ def _sanity_sentence(verdicts: Mapping[str, Mapping[str, Any]], floors: Iterable
     if all(v["passed"] is None for v in checked.values()):
         return ["The sanity check has no |score| ρ or token counts here (an older run)."]
     where = f"the fully randomised model ({first['stage']}, bound {fmt(first['bound'])})"
+    control = [m for m, v in verdicts.items() if m in floor and v["passed"] is False]
+    tail = f" ({', '.join(control)}, which ignores the model, fails as it must)" if control else ""
     if not failed:
-        return [f"Every method passes the sanity check on {where}."]
-    return [f"Sanity check failed on {where}: " + ", ".join(failed) + "."]
+        return [f"Every method passes the sanity check on {where}{tail}."]
+    return [f"Sanity check failed on {where}: " + ", ".join(failed) + f"{tail}."]
 
 
 def _cost_sentences(
