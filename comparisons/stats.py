@@ -34,6 +34,8 @@ BETTER = ("higher", "lower")
 
 
 def _rng(key: str, seed: int) -> np.random.Generator:
+    """The resampling generator of stream ``key``: the same key, seed and ``n`` give the
+    same resamples (``numpy.random.default_rng([seed, crc32(key)])``)."""
     return np.random.default_rng([seed, zlib.crc32(key.encode("utf-8"))])
 
 
@@ -149,7 +151,7 @@ def bootstrap_mean_function(
             n_resamples=BOOTSTRAP_RESAMPLES,
             confidence_level=LEVEL,
             method="percentile",
-            rng=np.random.default_rng([seed, zlib.crc32(key.encode("utf-8"))]),
+            rng=_rng(key, seed),
         )
     lo = np.asarray(res.confidence_interval.low, dtype=float)
     hi = np.asarray(res.confidence_interval.high, dtype=float)
