@@ -67,9 +67,7 @@ def run_cascade(study: Study, examples: Sequence[Example]) -> None:
     if not todo:
         return
     originals = _originals(study, todo, methods)
-    ctx = study.ctx
-    saved_std = dict(ctx._std)
-    try:
+    with study.ctx.weights_restored():
         randomization = mt.ModelRandomization(
             study.tm.model, stages(study.tm), seed=study.config.seed
         )
@@ -77,16 +75,11 @@ def run_cascade(study: Study, examples: Sequence[Example]) -> None:
             total=n_stages * len(todo), desc=f"{study.progress}sanity check", unit="stage×example"
         )
         for stage, index in randomization:
-            ctx._std.clear()  # σ_S of the randomised model
-            ctx.forget()
+            study.ctx.forget()  # σ_S and results of the randomised model
             for ex in todo:
                 _stage(study, ex, stage, index, methods, originals, done)
                 bar.update(1)
         bar.close()
-    finally:
-        ctx.forget()
-        ctx._std.clear()
-        ctx._std.update(saved_std)
 
 
 def _originals(study: Study, examples: Sequence[Example], methods: list[str]) -> Originals:

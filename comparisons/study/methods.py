@@ -107,8 +107,21 @@ class MethodContext:
         return value
 
     def forget(self) -> None:
-        """Drop reused results (the model's weights changed, e.g. randomised)."""
+        """Drop what depends on the weights (they changed, e.g. randomised): reused
+        results and σ_S."""
         self._memo.clear()
+        self._std.clear()
+
+    @contextmanager
+    def weights_restored(self) -> Iterator[None]:
+        """A block that changes the weights and puts them back: on exit, reused results
+        are dropped and σ_S of the original weights is restored."""
+        saved = dict(self._std)
+        try:
+            yield
+        finally:
+            self.forget()
+            self._std.update(saved)
 
     def example_seed(self, example_id: str) -> int:
         """A seed per example that does not depend on the order examples are run in."""

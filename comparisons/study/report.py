@@ -169,7 +169,6 @@ def summary_markdown(
     metrics: Sequence[str] | None = None,
     *,
     seed: int = 0,
-    exclude: set[str] | None = None,
     reference: str | None = None,
 ) -> str:
     """The headline table of a run as one Markdown table, for the README and the docs.
@@ -182,11 +181,10 @@ def summary_markdown(
         run_dir: the run folder.
         metrics: the metrics (default: the headline metrics, :func:`headline_of`).
         seed: seed of the bootstrap.
-        exclude: examples left out (for every method).
         reference: the method differences are from (default: :func:`reference_of`).
     """
     store = RunStore(run_dir)
-    rows = [r for r in store.results() if not exclude or r["example"] not in exclude]
+    rows = store.results()
     meta = with_known_metrics(store.read_meta(), rows)
     ref = reference_of(meta, rows, reference)
     summary = study_summary(rows, meta, ref, seed)
