@@ -369,6 +369,40 @@ def paired_differences(
     ]
 
 
+def paired_difference(
+    rows: Iterable[Mapping[str, Any]], metric: str, a: str, b: str, seed: int = 0
+) -> dict[str, Any]:
+    """The mean of ``a − b`` on ``metric`` with its paired 95 % interval.
+
+    On the examples :func:`summarize` averages the metric's main comparison over, with
+    the same resamples (same ``metric`` key, ``seed`` and ``n``), so the interval agrees
+    with the intervals of the summary.
+
+    Returns:
+        ``{"a", "b", "n", "diff", "lo", "hi"}``.
+
+    Example:
+        >>> rows = [
+        ...     {"method": m, "example": f"e{i}", "metric": "acc", "value": i + shift}
+        ...     for m, shift in (("a", 0.5), ("b", 0.0))
+        ...     for i in range(4)
+        ... ]
+        >>> d = paired_difference(rows, "acc", "a", "b")
+        >>> (d["n"], d["diff"], d["lo"], d["hi"])
+        (4, 0.5, 0.5, 0.5)
+    """
+    by_method = _table(r for r in rows if r["metric"] == metric).get(metric, {})
+    if a not in by_method or b not in by_method:
+        raise ValueError(f"{metric!r} has no values for {a!r} and {b!r} to compare")
+    _, methods = comparisons(by_method)[0]
+    examples = _common(by_method, methods)
+    diffs = np.array([[by_method[a][e] - by_method[b][e] for e in examples]], float)
+    mean, lo, hi = bootstrap_means(diffs.reshape(1, len(examples)), metric, seed)
+    entry: dict[str, Any] = {"a": a, "b": b, "n": len(examples)}
+    entry.update(diff=float(mean[0]), lo=float(lo[0]), hi=float(hi[0]))
+    return entry
+
+
 def paired_best(
     rows: Iterable[Mapping[str, Any]],
     better: Mapping[str, str],

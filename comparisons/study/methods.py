@@ -183,6 +183,9 @@ class MethodSpec:
         family: ``"ours"``, ``"gradient"``, ``"perturbation"`` or ``"floor"``.
         stochastic: whether it draws random numbers (seeded per example).
         description: one line for reports.
+        magnitudes_of: the method whose scores are this signed method's magnitudes by
+            construction (``"ours"`` for ``"ours-signed"``): its ranking by magnitude
+            would be a copy of that method's ranking, so the harness does not store it.
     """
 
     name: str
@@ -191,22 +194,32 @@ class MethodSpec:
     family: str
     stochastic: bool
     description: str
+    magnitudes_of: str | None = None
 
 
 METHODS: dict[str, MethodSpec] = {}
 
 
 def register(
-    name: str, *, signed: bool, family: str, description: str, stochastic: bool = False
+    name: str,
+    *,
+    signed: bool,
+    family: str,
+    description: str,
+    stochastic: bool = False,
+    magnitudes_of: str | None = None,
 ) -> Callable[[Callable[[MethodContext], AttributeFn]], Callable[[MethodContext], AttributeFn]]:
-    """Decorator adding a factory to :data:`METHODS` under ``name``."""
+    """Decorator adding a factory to :data:`METHODS` under ``name`` (the keywords are
+    :class:`MethodSpec`'s attributes)."""
 
     def add(
         factory: Callable[[MethodContext], AttributeFn],
     ) -> Callable[[MethodContext], AttributeFn]:
         if name in METHODS:
             raise ValueError(f"method {name!r} is already registered")
-        METHODS[name] = MethodSpec(name, factory, signed, family, stochastic, description)
+        METHODS[name] = MethodSpec(
+            name, factory, signed, family, stochastic, description, magnitudes_of
+        )
         return factory
 
     return add
@@ -374,6 +387,7 @@ def noise_sign(x: ExampleInputs, sigma_max: float, draws: int = SIGN_DRAWS) -> T
     signed=True,
     family="ours",
     stochastic=True,
+    magnitudes_of="ours",
     description="ours' scores with the sign of the expected loss of the target when the "
     f"word is drowned in σ_max noise ({SIGN_DRAWS} draws per word)",
 )

@@ -94,9 +94,12 @@ class StudyConfig:
 
 
 def _rankings(name: str) -> list[tuple[str, bool]]:
-    """``(label, signed)`` of the rankings stored for a method: its own, then ``|abs``."""
-    signed = METHODS[name].signed
-    return [(name, signed)] + ([(f"{name}|abs", False)] if signed else [])
+    """``(label, signed)`` of the rankings stored for a method: its own, then ``|abs``
+    for a signed method whose magnitudes are not another method's
+    (:attr:`~comparisons.study.methods.MethodSpec.magnitudes_of`)."""
+    spec = METHODS[name]
+    by_magnitude = spec.signed and spec.magnitudes_of is None
+    return [(name, spec.signed)] + ([(f"{name}|abs", False)] if by_magnitude else [])
 
 
 class Study:
@@ -130,17 +133,19 @@ class Study:
         return self.attribute_fns[name]
 
     def write_meta(self, data: str, command: str) -> None:
-        methods = {
-            m: {
-                "signed": METHODS[m].signed,
-                "family": METHODS[m].family,
-                "stochastic": METHODS[m].stochastic,
-                "description": METHODS[m].description,
-            }
-            for m in self.config.methods
-        }
+        methods: dict[str, dict[str, Any]] = {}
         for m in self.config.methods:
-            if METHODS[m].signed:
+            spec = METHODS[m]
+            methods[m] = {
+                "signed": spec.signed,
+                "family": spec.family,
+                "stochastic": spec.stochastic,
+                "description": spec.description,
+            }
+            if spec.magnitudes_of is not None:
+                methods[m]["magnitudes_of"] = spec.magnitudes_of
+        for m in self.config.methods:
+            if len(_rankings(m)) == 2:
                 methods[f"{m}|abs"] = {**methods[m], "signed": False}
                 methods[f"{m}|abs"]["description"] = f"{m}, ranked by |score|"
         self.store.write_meta(

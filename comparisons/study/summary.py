@@ -107,13 +107,28 @@ def headline_of(meta: Mapping[str, Any], available: Iterable[str]) -> list[str]:
     return [m for m in sorted(present) if m in better and m not in DEFAULT_BETTER][:3]
 
 
+def copied_rankings(meta: Mapping[str, Any]) -> set[str]:
+    """The ``"<name>|abs"`` rankings that copy another method's ranking: ``<name>``'s
+    magnitudes are that method's scores (``magnitudes_of`` in ``meta.json``). Runs
+    written before the harness stopped storing them still have their rows.
+
+    Example:
+        >>> copied_rankings({"methods": {"s": {"magnitudes_of": "u"}, "ig": {}}})
+        {'s|abs'}
+    """
+    methods = meta.get("methods", {})
+    return {f"{m}|abs" for m, info in methods.items() if info.get("magnitudes_of")}
+
+
 def study_summary(
     rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], reference: str, seed: int = 0
 ) -> list[dict[str, Any]]:
     """:func:`comparisons.stats.summarize` of the rows as the report uses it: the floor
-    never best, a method's two rankings one group, differences from ``reference``."""
+    never best, a method's two rankings one group, differences from ``reference``, and
+    no :func:`copied_rankings` (a copy would be its original's rival)."""
+    copies = copied_rankings(meta)
     return summarize(
-        rows,
+        [r for r in rows if r["method"] not in copies],
         better_of(meta),
         seed,
         reference=reference,

@@ -1,11 +1,13 @@
 """The verdict paragraph of the report, written from the numbers alone.
 
 :func:`verdict` is a pure function of the summary rows
-(:func:`comparisons.study.summary.study_summary`), the sanity verdicts
-(:func:`comparisons.study.sanity.sanity_verdicts`) and ``meta.json``: one sentence per
-headline metric (the best method, or that none is distinguishable from the runner-up),
-where each ranking of family ``"ours"`` ranks, the abstentions, the sanity-check
-failures and the cost of ``"ours"`` relative to the reference.
+(:func:`comparisons.study.summary.study_summary`), the results they summarise, the
+sanity verdicts (:func:`comparisons.study.sanity.sanity_verdicts`) and ``meta.json``:
+one sentence per headline metric (the best method, or that none is distinguishable from
+the runner-up), where each ranking of family ``"ours"`` ranks among the rankings of its
+kind (signed or by magnitude) with its paired difference from the best other one, the
+abstentions, the sanity-check failures and the cost of ``"ours"`` relative to the
+reference.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from comparisons.html import fmt, interval, percent
+from comparisons.stats import paired_difference
 from comparisons.study.summary import (
     base_method,
     better_of,
@@ -70,42 +73,47 @@ def _metric_sentence(
 
 def _rank_phrase(
     summary: Sequence[Mapping[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
     meta: Mapping[str, Any],
     method: str,
     metric: str,
-    reference: str,
 ) -> str | None:
     """Where ``method`` ranks on ``metric`` among the rankings of its kind (signed or
-    magnitude, the floor left out) and how it differs from ``reference``; None when it
-    is not scored there."""
-    better = better_of(meta)
+    magnitude, the floor left out) and its paired difference from the best other one
+    (the runner-up when it leads, else the leader); None when it is not scored there."""
+    better = better_of(meta).get(metric, "higher")
     kind = ranking_kind(method, meta)
-    rows = [s for s in main_rows(summary, metric) if s["method"] not in floors_of(meta)]
-    peers = [s for s in rows if ranking_kind(s["method"], meta) == kind]
-    ranked = [s["method"] for s in _by_rank(peers, better.get(metric, "higher"))]
+    main = [s for s in main_rows(summary, metric) if s["method"] not in floors_of(meta)]
+    peers = [s["method"] for s in main if ranking_kind(s["method"], meta) == kind]
+    ranked = [s["method"] for s in _by_rank([s for s in main if s["method"] in peers], better)]
     if method not in ranked:
         return None
-    s = next(s for s in peers if s["method"] == method)
-    words = comparison_words(s, better.get(metric, ""))
-    return (
-        f"{_ordinal(ranked.index(method) + 1)} of {len(ranked)} on {metric} "
-        f"({difference_text(s)} vs {reference}: {words})"
-    )
+    place = f"{_ordinal(ranked.index(method) + 1)} of {len(ranked)} on {metric}"
+    rivals = [m for m in ranked if base_method(m) != base_method(method)]
+    if not rivals:
+        return place
+    rival = rivals[0]
+    d = paired_difference(rows, metric, method, rival)
+    s = {"diff": d["diff"], "diff_lo": d["lo"], "diff_hi": d["hi"]}
+    role = "runner-up" if ranked.index(method) < ranked.index(rival) else "leader"
+    words = comparison_words(s, better)
+    return f"{place} ({difference_text(s)} vs the {role} {rival}: {words})"
 
 
 def _ours_sentences(
     summary: Sequence[Mapping[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
     meta: Mapping[str, Any],
     headline: Sequence[str],
     reference: str,
 ) -> list[str]:
-    """Where each ranking of family ``"ours"`` ranks, per headline metric."""
+    """Where each ranking of family ``"ours"`` ranks among its kind, per headline metric."""
     methods = meta.get("methods", {})
     labels = ordered(methods, (s["method"] for s in summary))
     ours = [m for m in labels if methods.get(base_method(m), {}).get("family") == "ours"]
     out = []
     for m in (m for m in ours if m != reference):
-        phrases = [_rank_phrase(summary, meta, m, metric, reference) for metric in headline]
+        phrases = [_rank_phrase(summary, rows, meta, m, metric) for metric in headline]
         parts = [p for p in phrases if p is not None]
         if parts:
             kind = ranking_kind(m, meta)
@@ -163,6 +171,7 @@ def _cost_sentences(
 
 def verdict(
     summary: Sequence[Mapping[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
     sanity: Mapping[str, Mapping[str, Any]],
     meta: Mapping[str, Any],
     headline: Sequence[str],
@@ -172,6 +181,8 @@ def verdict(
 
     Args:
         summary: rows of :func:`comparisons.study.summary.study_summary`.
+        rows: the results it summarises (``method``, ``example``, ``metric``,
+            ``value``), for the paired differences between rankings.
         sanity: :func:`comparisons.study.sanity.sanity_verdicts`.
         meta: the run's ``meta.json`` (families, signedness, directions).
         headline: the metrics the verdict is about.
@@ -179,13 +190,14 @@ def verdict(
 
     Returns:
         Sentences: per headline metric the best method (or that none is distinguishable
-        from the runner-up), where each ``"ours"`` ranking ranks and how it differs from
-        the reference, the abstentions, the sanity-check failures and the cost of each
-        ``"ours"`` method relative to the reference.
+        from the runner-up), where each ``"ours"`` ranking ranks among the rankings of
+        its kind and its paired difference from the best other one, the abstentions,
+        the sanity-check failures and the cost of each ``"ours"`` method relative to
+        the reference.
     """
     return [
         *(_metric_sentence(summary, m, meta) for m in headline),
-        *_ours_sentences(summary, meta, headline, reference),
+        *_ours_sentences(summary, rows, meta, headline, reference),
         *_abstention_sentence(summary),
         *_sanity_sentence(sanity, floors_of(meta)),
         *_cost_sentences(summary, meta, reference),

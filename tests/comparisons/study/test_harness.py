@@ -221,6 +221,32 @@ def test_adding_a_method_is_one_register_call(
     assert name not in METHODS
 
 
+def test_a_signed_method_with_another_methods_magnitudes_has_no_abs_ranking(
+    tmp_path: Path, classifier: TextModel, example: Example
+) -> None:
+    name = "toy-signed-copy"
+    try:
+
+        @register(
+            name,
+            signed=True,
+            family="floor",
+            description="the embeddings' signs times saliency",
+            magnitudes_of="saliency",
+        )
+        def _toy(ctx: MethodContext) -> Any:
+            return lambda x: x.embeds.clone()
+
+        config = StudyConfig((name,), captum_examples=0, sanity_examples=0)
+        store = run_study(classifier, [example], tmp_path, config, report=False)
+        assert {r["method"] for r in store.results()} == {name}  # its |abs would be a copy
+        methods = store.read_meta()["methods"]
+        assert list(methods) == [name] and methods[name]["magnitudes_of"] == "saliency"
+    finally:
+        METHODS.pop(name, None)
+    assert METHODS["ours-signed"].magnitudes_of == "ours"
+
+
 def test_ours_reference_is_registered_and_builds(classifier: TextModel) -> None:
     spec = get_method("ours-reference")
     assert (spec.family, spec.signed, spec.stochastic) == ("ours", False, True)

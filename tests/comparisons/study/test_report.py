@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from comparisons.stats import random_rho_bound, summarize
+from comparisons.stats import paired_difference, random_rho_bound, summarize
 
 # `comparisons` is a folder of the repository, importable through pytest's `pythonpath = .`.
 from comparisons.study.report import summary_markdown, write_report
@@ -427,9 +427,61 @@ def test_verdict_names_the_best_only_when_the_interval_excludes_0(
         "metrics": {"acc": {"better": "higher"}},
     }
     summary = study_summary(rows_of(spread), meta, "a")
-    (first, *_) = verdict(summary, {}, meta, ["acc"], "a")
+    (first, *_) = verdict(summary, rows_of(spread), {}, meta, ["acc"], "a")
     assert ("b is best" in first) is named
     assert ("no method is distinguishable from the runner-up" in first) is not named
+
+
+def _magnitude_rows() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """ours (magnitude), ig (signed) with ig|abs, and s (signed, ours' magnitudes) with
+    a stored copy s|abs of ours' ranking, on 8 examples of one metric."""
+    meta = {
+        "task": "classifier",
+        "methods": {
+            "ours": {"signed": False, "family": "ours"},
+            "ig": {"signed": True, "family": "gradient"},
+            "ig|abs": {"signed": False, "family": "gradient"},
+            "s": {"signed": True, "family": "ours", "magnitudes_of": "ours"},
+            "s|abs": {"signed": False, "family": "ours"},
+        },
+        "metrics": {"acc": {"better": "higher"}},
+    }
+    base = {"ours": 0.5, "ig": 0.7, "ig|abs": 0.4, "s": 0.6, "s|abs": 0.5}
+    rows = [
+        {"method": m, "example": f"e{i}", "metric": "acc", "value": v + 0.1 * (i % 3)}
+        for i in range(8)
+        for m, v in base.items()
+    ]
+    return meta, rows
+
+
+def test_a_copied_ranking_is_left_out_of_the_summary_and_the_ranks() -> None:
+    meta, rows = _magnitude_rows()
+    summary = study_summary(rows, meta, "ig")
+    assert {s["method"] for s in summary} == {"ours", "ig", "ig|abs", "s"}
+    sentences = verdict(summary, rows, {}, meta, ["acc"], "ig")
+    (magnitude,) = [s for s in sentences if s.startswith("Among the magnitude")]
+    # ours leads ig|abs by exactly 0.1 on every example: a zero-width paired interval
+    assert magnitude == (
+        "Among the magnitude rankings, ours ranks 1st of 2 on acc "
+        "(+0.1 [0.1, 0.1] vs the runner-up ig|abs: better)."
+    )
+    (signed,) = [s for s in sentences if s.startswith("Among the signed")]
+    assert signed == (
+        "Among the signed rankings, s ranks 2nd of 2 on acc "
+        "(-0.1 [-0.1, -0.1] vs the leader ig: worse)."
+    )
+
+
+def test_paired_difference_agrees_with_the_summary() -> None:
+    rows = rows_of(1.0)
+    (b,) = [s for s in summarize(rows, {}, reference="a") if s["method"] == "b"]
+    d = paired_difference(rows, "acc", "b", "a")
+    assert d["n"] == 8  # the same resamples: equal up to floating-point rounding
+    assert [d["diff"], d["lo"], d["hi"]] == pytest.approx([b["diff"], b["diff_lo"], b["diff_hi"]])
+    assert d["lo"] < 0 < d["hi"]  # b − a = 0.1 ± 1: the interval spans 0
+    with pytest.raises(ValueError, match="no values for 'a' and 'x'"):
+        paired_difference(rows, "acc", "a", "x")
 
 
 def test_sanity_verdicts_against_the_bound() -> None:
@@ -526,5 +578,5 @@ def test_verdict_without_a_rival() -> None:
         "metrics": {"acc": {"better": "higher"}},
     }
     rows = [r | {"method": "r" if r["method"] == "b" else "a"} for r in rows_of(0.01)]
-    (first, *_) = verdict(study_summary(rows, meta, "a"), {}, meta, ["acc"], "a")
+    (first, *_) = verdict(study_summary(rows, meta, "a"), rows, {}, meta, ["acc"], "a")
     assert first == "On acc fewer than two methods besides the floor are scored."
