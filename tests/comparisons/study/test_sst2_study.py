@@ -91,8 +91,10 @@ def study(
 
 
 def _labels() -> list[str]:
-    """Each default method, then its ``|abs`` ranking when it is signed."""
-    return [m for n in DEFAULT_METHODS for m in [n, f"{n}|abs"][: 1 + METHODS[n].signed]]
+    """Each default method, then its ``|abs`` ranking when it is signed and its
+    magnitudes are not another method's (``ours-signed``'s are ``ours``')."""
+    by_abs = {n: METHODS[n].signed and METHODS[n].magnitudes_of is None for n in DEFAULT_METHODS}
+    return [m for n in DEFAULT_METHODS for m in [n, f"{n}|abs"][: 1 + by_abs[n]]]
 
 
 def _values(run: SST2Run, method: str, metric: str) -> list[float]:
