@@ -111,7 +111,7 @@ def _context(store: RunStore, title: str | None, settings: Mapping[str, Any]) ->
         **_header(meta, len({r["example"] for r in [*results, *explanations]}), title),
         "reference": ref,
         "figures": {k: None if f is None else figure_data_uri(f) for k, f in figures.items()},
-        "verdict": verdict(summary, results, verdicts, meta, chosen, ref),
+        "verdict": verdict(summary, results, verdicts, meta, chosen, ref, settings["seed"]),
         "headline_tables": headline_tables(summary, meta, chosen),
         "metric_tables": metric_tables(summary, meta, "all"),
         "subset_tables": [(label, metric_tables(summary, meta, label)) for label in subsets],

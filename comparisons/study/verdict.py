@@ -77,6 +77,7 @@ def _rank_phrase(
     meta: Mapping[str, Any],
     method: str,
     metric: str,
+    seed: int,
 ) -> str | None:
     """Where ``method`` ranks on ``metric`` among the rankings of its kind (signed or
     magnitude, the floor left out) and its paired difference from the best other one
@@ -84,8 +85,8 @@ def _rank_phrase(
     better = better_of(meta).get(metric, "higher")
     kind = ranking_kind(method, meta)
     main = [s for s in main_rows(summary, metric) if s["method"] not in floors_of(meta)]
-    peers = [s["method"] for s in main if ranking_kind(s["method"], meta) == kind]
-    ranked = [s["method"] for s in _by_rank([s for s in main if s["method"] in peers], better)]
+    peers = [s for s in main if ranking_kind(s["method"], meta) == kind]
+    ranked = [s["method"] for s in _by_rank(peers, better)]
     if method not in ranked:
         return None
     place = f"{_ordinal(ranked.index(method) + 1)} of {len(ranked)} on {metric}"
@@ -93,7 +94,7 @@ def _rank_phrase(
     if not rivals:
         return place
     rival = rivals[0]
-    d = paired_difference(rows, metric, method, rival)
+    d = paired_difference(rows, metric, method, rival, seed)
     s = {"diff": d["diff"], "diff_lo": d["lo"], "diff_hi": d["hi"]}
     role = "runner-up" if ranked.index(method) < ranked.index(rival) else "leader"
     words = comparison_words(s, better)
@@ -106,6 +107,7 @@ def _ours_sentences(
     meta: Mapping[str, Any],
     headline: Sequence[str],
     reference: str,
+    seed: int,
 ) -> list[str]:
     """Where each ranking of family ``"ours"`` ranks among its kind, per headline metric."""
     methods = meta.get("methods", {})
@@ -113,7 +115,7 @@ def _ours_sentences(
     ours = [m for m in labels if methods.get(base_method(m), {}).get("family") == "ours"]
     out = []
     for m in (m for m in ours if m != reference):
-        phrases = [_rank_phrase(summary, rows, meta, m, metric) for metric in headline]
+        phrases = [_rank_phrase(summary, rows, meta, m, metric, seed) for metric in headline]
         parts = [p for p in phrases if p is not None]
         if parts:
             kind = ranking_kind(m, meta)
@@ -176,6 +178,7 @@ def verdict(
     meta: Mapping[str, Any],
     headline: Sequence[str],
     reference: str,
+    seed: int = 0,
 ) -> list[str]:
     """The verdict paragraph, one sentence per item, from the numbers alone.
 
@@ -187,6 +190,7 @@ def verdict(
         meta: the run's ``meta.json`` (families, signedness, directions).
         headline: the metrics the verdict is about.
         reference: the method the differences are from.
+        seed: seed of the bootstrap (the summary's, so that the resamples are the same).
 
     Returns:
         Sentences: per headline metric the best method (or that none is distinguishable
@@ -197,7 +201,7 @@ def verdict(
     """
     return [
         *(_metric_sentence(summary, m, meta) for m in headline),
-        *_ours_sentences(summary, rows, meta, headline, reference),
+        *_ours_sentences(summary, rows, meta, headline, reference, seed),
         *_abstention_sentence(summary),
         *_sanity_sentence(sanity, floors_of(meta)),
         *_cost_sentences(summary, meta, reference),

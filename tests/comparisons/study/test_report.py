@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from comparisons.html import fmt
 from comparisons.stats import paired_difference, random_rho_bound, summarize
 
 # `comparisons` is a folder of the repository, importable through pytest's `pythonpath = .`.
@@ -473,15 +474,38 @@ def test_a_copied_ranking_is_left_out_of_the_summary_and_the_ranks() -> None:
     )
 
 
-def test_paired_difference_agrees_with_the_summary() -> None:
+@pytest.mark.parametrize("seed", [0, 3])
+def test_paired_difference_agrees_with_the_summary(seed: int) -> None:
     rows = rows_of(1.0)
-    (b,) = [s for s in summarize(rows, {}, reference="a") if s["method"] == "b"]
-    d = paired_difference(rows, "acc", "b", "a")
+    (b,) = [s for s in summarize(rows, {}, seed, reference="a") if s["method"] == "b"]
+    d = paired_difference(rows, "acc", "b", "a", seed)
     assert d["n"] == 8  # the same resamples: equal up to floating-point rounding
     assert [d["diff"], d["lo"], d["hi"]] == pytest.approx([b["diff"], b["diff_lo"], b["diff_hi"]])
     assert d["lo"] < 0 < d["hi"]  # b − a = 0.1 ± 1: the interval spans 0
     with pytest.raises(ValueError, match="no values for 'a' and 'x'"):
         paired_difference(rows, "acc", "a", "x")
+
+
+def test_the_verdicts_difference_uses_the_summarys_seed() -> None:
+    meta = {
+        "task": "classifier",
+        "methods": {m: {"signed": False, "family": f} for m, f in (("a", "ours"), ("b", "x"))},
+        "metrics": {"acc": {"better": "higher"}},
+    }
+    rows = [  # 12 uneven differences: different seeds give different intervals
+        {"method": m, "example": f"e{i}", "metric": "acc", "value": (i * step) % 1.0}
+        for i in range(12)
+        for m, step in (("a", 0.37), ("b", 0.61))
+    ]
+    found = []
+    for seed in (0, 3):
+        d = paired_difference(rows, "acc", "a", "b", seed)
+        found.append((d["lo"], d["hi"]))
+        summary = study_summary(rows, meta, "b", seed)
+        sentences = verdict(summary, rows, {}, meta, ["acc"], "b", seed)
+        (sentence,) = [s for s in sentences if "ranks" in s]
+        assert f"[{fmt(d['lo'])}, {fmt(d['hi'])}] vs the " in sentence
+    assert found[0] != found[1]
 
 
 def test_sanity_verdicts_against_the_bound() -> None:
