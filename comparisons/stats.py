@@ -198,9 +198,15 @@ def comparisons(by_method: Mapping[str, Mapping[str, float]]) -> list[tuple[str,
     return out
 
 
-def _common(by_method: Mapping[str, Mapping[str, float]], methods: list[str]) -> list[str]:
+def _values(
+    by_method: Mapping[str, Mapping[str, float]], methods: list[str]
+) -> tuple[list[str], np.ndarray]:
+    """The examples every one of ``methods`` has a finite value for, and the
+    ``(methods, examples)`` table of those values."""
     sets = [{e for e, v in by_method[m].items() if math.isfinite(v)} for m in methods]
-    return sorted(set.intersection(*sets)) if sets else []
+    examples = sorted(set.intersection(*sets)) if sets else []
+    values = np.array([[by_method[m][e] for e in examples] for m in methods], float)
+    return examples, values.reshape(len(methods), len(examples))
 
 
 def summarize(
@@ -253,9 +259,7 @@ def summarize(
     out: list[dict[str, Any]] = []
     for metric, by_method in _table(rows).items():
         for label, methods in comparisons(by_method):
-            examples = _common(by_method, methods)
-            values = np.array([[by_method[m][e] for e in examples] for m in methods], float)
-            values = values.reshape(len(methods), len(examples))
+            examples, values = _values(by_method, methods)
             ref = methods.index(reference) if reference in methods else None
             diffs = values - values[ref] if ref is not None else np.empty((0, len(examples)))
             mean, lo, hi = bootstrap_means(np.vstack([values, diffs]), metric, seed)
@@ -395,9 +399,9 @@ def paired_difference(
     if a not in by_method or b not in by_method:
         raise ValueError(f"{metric!r} has no values for {a!r} and {b!r} to compare")
     _, methods = comparisons(by_method)[0]
-    examples = _common(by_method, methods)
-    diffs = np.array([[by_method[a][e] - by_method[b][e] for e in examples]], float)
-    mean, lo, hi = bootstrap_means(diffs.reshape(1, len(examples)), metric, seed)
+    examples, values = _values(by_method, methods)
+    diff = values[[methods.index(a)]] - values[[methods.index(b)]]
+    mean, lo, hi = bootstrap_means(diff, metric, seed)
     entry: dict[str, Any] = {"a": a, "b": b, "n": len(examples)}
     entry.update(diff=float(mean[0]), lo=float(lo[0]), hi=float(hi[0]))
     return entry
@@ -422,11 +426,8 @@ def paired_best(
     for metric, by_method in _table(rows).items():
         if better.get(metric) not in BETTER:
             continue
-        found = comparisons(by_method)
-        _, methods = found[0]
-        examples = _common(by_method, methods)
-        values = np.array([[by_method[m][e] for e in examples] for m in methods], float)
-        values = values.reshape(len(methods), len(examples))
+        _, methods = comparisons(by_method)[0]
+        examples, values = _values(by_method, methods)
         entry: dict[str, Any] = {"method": None, "leader": None, "runner_up": None}
         entry.update(n=len(examples), diff=math.nan, lo=math.nan, hi=math.nan)
         got = leader_and_runner_up(values, methods, better[metric], exclude, group, metric, seed)

@@ -145,9 +145,9 @@ class Study:
             if spec.magnitudes_of is not None:
                 methods[m]["magnitudes_of"] = spec.magnitudes_of
         for m in self.config.methods:
-            if len(_rankings(m)) == 2:
-                methods[f"{m}|abs"] = {**methods[m], "signed": False}
-                methods[f"{m}|abs"]["description"] = f"{m}, ranked by |score|"
+            for label, _ in _rankings(m)[1:]:  # the |abs ranking, when stored
+                methods[label] = {**methods[m], "signed": False}
+                methods[label]["description"] = f"{m}, ranked by |score|"
         self.store.write_meta(
             {
                 "model": self.tm.name,
