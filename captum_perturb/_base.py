@@ -296,7 +296,9 @@ def explain(
     # positions without effect look like padding only when the groups are positions
     by_token = isinstance(feature_mask, str) and feature_mask == "token"
     masked = attention_mask is not None or not by_token
-    warn_if_needed(est, cfg, masked=masked, score=score, who=who)
+    warn_if_needed(
+        est, cfg, masked=masked, score=score, who=who, internal_batch_size=internal_batch_size
+    )
     attributions, sigma = per_element(est, scores, site, groups, table.shape[1])
     return PerturbationEntropyResult(
         attributions=format_output(site.is_tuple, attributions),

@@ -4,8 +4,9 @@ An explanation can be unconverged (the stopping rule was not met), saturated (ev
 of an example sits at the bound σ_max, so the paper's scores are all zero and the ranking
 comes from the pressure at the bound), or count positions that do not affect the state
 (padding explained as words when no ``attention_mask=`` was given: they dilute ``rate``,
-so the answer depends on the batch-mates). :func:`warn_if_needed` says so, with counts
-and the knob to turn.
+so the answer depends on the batch-mates), or depend on the caller's ``internal_batch_size``
+(the model's round-off changed with the batch's shape). :func:`warn_if_needed` says so,
+with counts and the knob to turn.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def problems(
     *,
     masked: bool,
     score: str = "channel",
+    internal_batch_size: int | None = None,
 ) -> list[str]:
     """Sentences describing what went wrong in an estimate (empty when nothing did).
 
@@ -33,6 +35,7 @@ def problems(
         masked: whether padding was marked (``attention_mask=``) or the groups are not
             token positions, so that groups without effect are not padding in disguise.
         score: ``"channel"`` or ``"paper"``, the reported score.
+        internal_batch_size: the caller's chunking of the perturbed copies, if any.
     """
     out: list[str] = []
     batch = est.converged.shape[0]
@@ -78,6 +81,14 @@ def problems(
                 "they count as words, dilute rate and make the result depend on the batch; "
                 "pass attention_mask="
             )
+    if internal_batch_size is not None and bool(est.batch_dependent.any()):
+        out.append(
+            f"{int(est.batch_dependent.sum())} of {batch} examples: the model's output "
+            "changed at round-off with the batch's shape, so this result can differ from "
+            f"another internal_batch_size's (here {internal_batch_size}) by up to about its "
+            "standard error (the noise drawn is the same); keep one internal_batch_size for "
+            "results you compare"
+        )
     no_effect_rows = ~(effect.any(1)) & present.any(1)
     if bool(no_effect_rows.any()):
         out.append(
@@ -95,9 +106,12 @@ def warn_if_needed(
     score: str = "channel",
     who: str = "Perturbation Entropy",
     stacklevel: int = 3,
+    internal_batch_size: int | None = None,
 ) -> None:
     """Issue one ``UserWarning`` listing :func:`problems`, if there are any."""
-    found = problems(est, config, masked=masked, score=score)
+    found = problems(
+        est, config, masked=masked, score=score, internal_batch_size=internal_batch_size
+    )
     if found:
         warnings.warn(f"{who}: " + "; ".join(found) + ".", UserWarning, stacklevel=stacklevel)
 

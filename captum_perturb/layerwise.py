@@ -554,7 +554,8 @@ def explain_layers(
             :data:`~captum_perturb.DEFAULT`; ``result.converged`` says which estimates met
             the tolerance).
         seed: seeds all noise (int or generator); ``None`` uses torch's global RNG.
-        batch_size: perturbed copies per forward pass (speed/memory only).
+        batch_size: perturbed copies per forward pass (speed and memory; the same noise for
+            any value, see ``SigmaEstimate.batch_dependent``).
         show_progress: a progress bar over the estimator's iterations.
 
     Returns:
@@ -701,6 +702,7 @@ def explain_layers(
         score="paper",
         who="explain_layers",
         stacklevel=2,
+        internal_batch_size=batch_size,
     )
 
     def grid(t: Tensor) -> Tensor:

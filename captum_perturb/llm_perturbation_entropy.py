@@ -155,7 +155,11 @@ class LLMPerturbationEntropyAttribution(BaseLLMAttribution):
             state_std: σ_S ``(V,)`` for this call (default: the constructor's).
             config: estimator settings (default :data:`~captum_perturb.DEFAULT`).
             seed: seeds all noise (int or generator); None uses torch's global RNG.
-            internal_batch_size: perturbed copies per forward pass (memory only).
+            internal_batch_size: perturbed copies per forward pass (speed and memory): the
+                noise and the estimator's steps are the same for any value, so σ is
+                bit-identical where the model rounds each row alike in any batch; where its
+                kernels round by the batch's shape, ``estimate.batch_dependent`` says so and
+                a warning names the value (see ``docs/method.rst``).
             show_progress: a progress bar over the estimator's iterations.
             score: ``"channel"`` (default) or the paper's ``"paper"`` score.
 
@@ -194,7 +198,14 @@ class LLMPerturbationEntropyAttribution(BaseLLMAttribution):
                 ids, clean, feature, len(answer), per_token, rate, sigma_max, std, config,
                 seed, internal_batch_size, show_progress,
             )  # fmt: skip
-        warn_if_needed(est, config or DEFAULT, masked=True, score=score, who=type(self).__name__)
+        warn_if_needed(
+            est,
+            config or DEFAULT,
+            masked=True,
+            score=score,
+            who=type(self).__name__,
+            internal_batch_size=internal_batch_size,
+        )
         return self._result(inp, est, table, answer, answer_lp.exp(), score, std is not None)
 
     def _clean(self, ids: Tensor, n_prompt: int, answer: Tensor) -> tuple[Tensor, Tensor]:

@@ -121,8 +121,11 @@ class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):
             config: estimator settings, :data:`~captum_perturb.DEFAULT` when None;
                 :data:`~captum_perturb.REFERENCE` reproduces the authors' algorithm.
             seed: an int, a ``torch.Generator`` or None (torch's global RNG).
-            internal_batch_size: perturbed copies per forward pass (memory); the results
-                do not depend on it.
+            internal_batch_size: perturbed copies per forward pass (speed and memory): the
+                noise and the estimator's steps are the same for any value, so σ is
+                bit-identical where the model rounds each row alike in any batch; where its
+                kernels round by the batch's shape, ``estimate.batch_dependent`` says so and
+                a warning names the value (see ``docs/method.rst``).
             show_progress: show a progress bar.
             score: ``"channel"`` (default) attributes
                 :math:`\tfrac12\log(1 + \sigma_{max}^2/\sigma_g^{*2})` nats per dimension,

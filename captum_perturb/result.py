@@ -77,7 +77,9 @@ class PerturbationEntropyResult:
         """Per example ``(B,)``: ``converged``, ``saturated_fraction`` (groups at σ_max),
         ``max_std_error`` (the largest standard error of a group's score; NaN where the
         estimator reports none, as Adam),
-        ``no_effect`` (groups that do not move the state) and ``evaluations``."""
+        ``no_effect`` (groups that do not move the state), ``evaluations`` and
+        ``batch_dependent`` (the model's round-off changed with the batch's shape, so the
+        result can change with ``internal_batch_size``)."""
         est = self.estimate
         se = self.std_error
         known = torch.where(se.isnan(), torch.full_like(se, -float("inf")), se).amax(1)
@@ -87,4 +89,5 @@ class PerturbationEntropyResult:
             "max_std_error": known.masked_fill(known == -float("inf"), float("nan")),
             "no_effect": est.no_effect.sum(1),
             "evaluations": est.evaluations,
+            "batch_dependent": est.batch_dependent,
         }

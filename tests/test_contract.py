@@ -10,6 +10,7 @@ Every model holds a Dropout, so that the train-mode check can fail.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,7 @@ from contract import SE_FACTOR, ContractTester, Setup, assert_log_sigma_close, o
 from torch import Tensor, nn
 
 from captum_perturb import (
+    FixedPointConfig,
     LayerPerturbationEntropyAttribution,
     PerturbationEntropyAttribution,
     estimate_state_std,
@@ -498,3 +500,38 @@ def test_half_precision_matches_float32(dtype: torch.dtype, kind: str) -> None:
     tol = SE_FACTOR * (se_h.square() + se_f.square()).sqrt() + n_ops * u
     diff = (ls_h - ls_f).abs()
     assert bool((diff[present] <= tol[present]).all()), (diff, tol)
+
+
+class _ShapeDependent(nn.Module):
+    """A linear state plus an offset that grows with the number of rows in the call: the
+    worst case of a BLAS kernel whose round-off depends on the batch's shape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(0.5)
+        self.w = nn.Parameter(torch.linspace(0.5, 2.0, 6))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(x * self.w) + 1e-6 * x.shape[0]
+
+
+@pytest.mark.parametrize("shape_dependent", [False, True])
+def test_batch_dependence_is_flagged_and_warned(shape_dependent: bool) -> None:
+    """The clean copies of the Jacobian pass (4 projections x 3 examples, in chunks of 2)
+    reproduce the clean pass (3 rows) bit for bit exactly when the model's output does not
+    depend on the call's shape; the chunked result says so in its flag and its warning,
+    and an unchunked call flags it without a warning (the caller chose no batching)."""
+    model = _ShapeDependent().eval()
+    if not shape_dependent:
+        model.forward = lambda x: model.dropout(x * model.w)  # type: ignore[method-assign]
+    x = torch.linspace(-1.0, 1.0, 18).reshape(3, 6)
+    attr = PerturbationEntropyAttribution(model)
+    cfg = FixedPointConfig(n_projections=4, max_iter=3)
+    for size in (2, None):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = attr.explain(x, state_std=torch.ones(6), config=cfg, internal_batch_size=size)
+        warned = any("internal_batch_size" in str(w.message) for w in caught)
+        assert res.estimate.batch_dependent.tolist() == [shape_dependent] * 3
+        assert res.diagnostics["batch_dependent"].tolist() == [shape_dependent] * 3
+        assert warned == (shape_dependent and size is not None)

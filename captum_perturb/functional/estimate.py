@@ -131,8 +131,11 @@ def estimate_sigma(
         config: :class:`~captum_perturb.FixedPointConfig` (default) or
             :class:`~captum_perturb.AdamConfig`.
         generator: source of all noise (on the inputs' device); ``None`` = torch's global RNG.
-        batch_size: perturbed copies per call of ``state_fn``; changes speed and memory,
-            not results.
+        batch_size: perturbed copies per call of ``state_fn`` (speed and memory). The noise
+            and every step are the same for any value, so the result is bit-identical
+            when ``state_fn`` rounds each row alike in any batch; BLAS kernels that round
+            by the matrix's shape can change it by up to about the standard error
+            (:attr:`SigmaEstimate.batch_dependent` records it when seen).
         show_progress: show a progress bar over iterations.
         progress_desc: the progress bar's label.
 

@@ -294,12 +294,19 @@ def run_lig(
 
 
 def same_sigma(a: PerturbationEntropyResult, b: PerturbationEntropyResult) -> dict[str, Any]:
-    """Whether two results' log σ agree bit for bit (NaN where both are NaN), and by how much."""
+    """Whether two results' log σ agree bit for bit (NaN where both are NaN), by how much
+    they differ, and whether either saw the model's round-off depend on the batch's shape
+    (``estimate.batch_dependent``: the only way two chunkings of one call may differ)."""
     x, y = a.estimate.log_sigma, b.estimate.log_sigma
     nan = x.isnan()
     equal = torch.equal(nan, y.isnan()) and torch.equal(x[~nan], y[~nan])
     diff = (x - y).abs().nan_to_num(0.0)
-    return {"sigma_bit_equal": equal, "max_abs_dlogsigma": float(diff.max())}
+    seen = bool(a.estimate.batch_dependent.any() or b.estimate.batch_dependent.any())
+    return {
+        "sigma_bit_equal": equal,
+        "max_abs_dlogsigma": float(diff.max()),
+        "batch_dependent": seen,
+    }
 
 
 class Measured(NamedTuple):
@@ -522,6 +529,8 @@ def notes(results: dict[str, dict[str, Any]]) -> str:
         ib = r["batch"].get("internal_batch")
         if ib:
             same = "σ bit-equal" if ib["sigma_bit_equal"] else "σ differ"
+            if ib.get("batch_dependent"):
+                same += " (the model's round-off depends on the batch's shape here)"
             lines.append(
                 f"{name}: internal_batch_size={ib['size']}: peak {ib['peak_mb']:.0f} MB, "
                 f"{same} (max |Δ log σ| {ib['max_abs_dlogsigma']:.2e})"

@@ -66,8 +66,12 @@ def test_benchmark_script_quick_run(
             assert 0.0 <= row["converged"] <= 1.0
             assert row["evaluations_per_sentence"] > 0
         assert batch["peak_mb_ours"] >= 0 and batch["peak_mb_lig"] > 0
-        # 2 sentences × 16 draws in chunks of 8: the same σ, bit for bit
-        assert batch["internal_batch"]["sigma_bit_equal"]
+        # 2 sentences × 16 draws in chunks of 8: the same noise, so σ is bit-equal unless
+        # the model's round-off depends on the batch's shape (bit-equality under kernels
+        # that round every row alike is the contract test's check_internal_batch_size)
+        ib = batch["internal_batch"]
+        assert ib["sigma_bit_equal"] == (ib["max_abs_dlogsigma"] == 0.0)
+        assert isinstance(ib["batch_dependent"], bool)
     a = results["layers1-3"]
     assert a["tutorial"]["default_vs_hp"]["mean_abs_dlogsigma"] >= 0
     assert "reference" in a["tutorial"] and a["batch"]["hp_subset"] == 2
