@@ -244,7 +244,10 @@ def explain(
             if not sink:
                 raise RuntimeError(
                     f"the explained layer {type(state_layer).__name__} never ran during the "
-                    "forward pass; pass a module of the model that forward_func calls"
+                    "forward pass; pass a module of the model that forward_func calls (a "
+                    "deep copy of it, as captum.metrics.sensitivity_max makes of its "
+                    "keyword arguments, never runs: pass layer by name there, e.g. "
+                    "layer='encoder.layer.2')"
                 )
             out = sink[0]
         try:
@@ -355,6 +358,26 @@ def per_element(
     return attributions, sigma
 
 
+def module_named(forward_func: Any, layer: nn.Module | str | None) -> nn.Module | None:
+    """The module ``layer`` names in ``forward_func`` (itself if already a module)."""
+    if layer is None or isinstance(layer, nn.Module):
+        return layer
+    if not isinstance(layer, str):
+        raise TypeError(f"layer must be an nn.Module, its name or None, got {type(layer).__name__}")
+    if not isinstance(forward_func, nn.Module):
+        raise TypeError(
+            f"layer={layer!r} names a module, but forward_func is a "
+            f"{type(forward_func).__name__}, not an nn.Module: pass the module itself"
+        )
+    try:
+        return forward_func.get_submodule(layer)
+    except AttributeError as err:
+        names = [n for n, _ in forward_func.named_modules() if n][:8]
+        raise ValueError(
+            f"forward_func has no module named {layer!r} ({err}); names look like {names}"
+        ) from err
+
+
 def embedding_matrix(module: nn.Module) -> Tensor | None:
     """The word-embedding matrix of an embedding layer (or of an ``nn.Embedding``), if any."""
     if isinstance(module, nn.Embedding):
@@ -366,4 +389,4 @@ def embedding_matrix(module: nn.Module) -> Tensor | None:
     return embeddings[0][1].weight if len(embeddings) == 1 else None
 
 
-__all__ = ["EntropyFlags", "Site", "embedding_matrix", "explain", "index_args"]
+__all__ = ["EntropyFlags", "Site", "embedding_matrix", "explain", "index_args", "module_named"]

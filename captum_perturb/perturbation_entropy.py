@@ -10,7 +10,7 @@ from captum.attr import PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_perturb._base import EntropyFlags, Site, explain
+from captum_perturb._base import EntropyFlags, Site, explain, module_named
 from captum_perturb._checks import in_dtypes, working_dtype
 from captum_perturb._features import FeatureMask
 from captum_perturb.config import EstimatorConfig
@@ -82,7 +82,7 @@ class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):
         additional_forward_args: Any = None,
         feature_mask: FeatureMask = None,
         *,
-        layer: nn.Module | None = None,
+        layer: nn.Module | str | None = None,
         attention_mask: Tensor | None = None,
         rate: float = 0.1,
         sigma_max: float | Tensor | None = None,
@@ -106,7 +106,11 @@ class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):
                 own group (Captum's default); ``"token"``: one group per position of
                 ``(B, T, D)`` inputs. Captum's ``NoiseTunnel`` accepts only tensor masks:
                 there pass the same groups as ``torch.arange(T).reshape(1, T, 1)``.
-            layer: explain this module's output instead of the model output.
+            layer: explain this module's output instead of the model output: the module,
+                or its name in ``forward_func`` (an ``nn.Module``), e.g.
+                ``"encoder.layer.2"``. Pass the name where Captum deep-copies the keyword
+                arguments (``captum.metrics.sensitivity_max``): a copied module is not
+                the one the model runs.
             attention_mask: ``(B, T)`` 1 for tokens, 0 for padding: padded positions are
                 neither perturbed nor counted in the loss (give the same mask to the
                 model through ``additional_forward_args``; under Captum's ``NoiseTunnel``
@@ -164,7 +168,7 @@ class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):
         additional_forward_args: Any = None,
         feature_mask: FeatureMask = None,
         *,
-        layer: nn.Module | None = None,
+        layer: nn.Module | str | None = None,
         attention_mask: Tensor | None = None,
         rate: float = 0.1,
         sigma_max: float | Tensor | None = None,
@@ -209,7 +213,7 @@ class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):
             target,
             additional_forward_args,
             feature_mask,
-            state_layer=layer,
+            state_layer=module_named(self.forward_func, layer),
             attention_mask=attention_mask,
             rate=rate,
             sigma_max=sigma_max,

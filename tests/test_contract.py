@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from captum.metrics import sensitivity_max
 from captum.testing.helpers.basic_models import (
     BasicLinearModel,
     BasicLinearModel_Multilayer,
@@ -158,7 +159,7 @@ def hidden_state(device: torch.device) -> Setup:
         feature_mask=torch.tensor([[1, 0, 1]], device=device),
         shapes=(x.shape,),
         raising_module=model.inner.linear1,
-        float_inputs=False,  # the metrics would read the model output, not the layer
+        metric_target=1,
     )
 
 
@@ -535,3 +536,25 @@ def test_batch_dependence_is_flagged_and_warned(shape_dependent: bool) -> None:
         assert res.estimate.batch_dependent.tolist() == [shape_dependent] * 3
         assert res.diagnostics["batch_dependent"].tolist() == [shape_dependent] * 3
         assert warned == (shape_dependent and size is not None)
+
+
+def test_sensitivity_max_needs_the_layer_by_name() -> None:
+    """Captum's ``sensitivity_max`` deep-copies its keyword arguments: a ``layer=`` module
+    arrives as a copy that the model never runs, which raises the error that names the
+    workaround; the module's name works (``check_captum_metrics`` runs it)."""
+    s = hidden_state(torch.device("cpu"))
+    s.model.eval()
+    kwargs = s.call_kwargs(target=1)
+
+    def explain_func(inp: Any, **kw: Any) -> Any:
+        return s.attr.attribute(inp, **kw)
+
+    with pytest.raises(RuntimeError, match="deep copy"):
+        sensitivity_max(explain_func, s.inputs, n_perturb_samples=2, **kwargs)
+    kwargs["layer"] = "inner.linear1"
+    sens = sensitivity_max(explain_func, s.inputs, n_perturb_samples=2, **kwargs)
+    assert sens.shape == (s.batch,)
+    with pytest.raises(ValueError, match=r"no module named 'inner\.nope'"):
+        s.attr.attribute(s.inputs, layer="inner.nope", state_std=ONE)
+    with pytest.raises(TypeError, match="pass the module itself"):
+        PerturbationEntropyAttribution(lambda x: s.model(x)).attribute(s.inputs, layer="inner")

@@ -294,23 +294,58 @@ def test_a_killed_run_restarts_complete_without_duplicates(tmp_path: Path) -> No
 
 
 # ---------------------------------------------------------------------------- torchrun
-def _rank(rank: int, world: int, out: str) -> None:
-    explain_corpus(tiny_bert(), batches(), out, show_progress=False, **KW)
+def _rank(rank: int, world: int, out: str, counts: str) -> None:
+    # record which batches this process explained (their seeds: seed 0 + batch index)
+    real, seeds = corpus_mod.explain_layers, []
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        seeds.append(kw["seed"])
+        return real(*args, **kw)
+
+    corpus_mod.explain_layers = counting  # type: ignore[assignment]
+    try:
+        explain_corpus(tiny_bert(), batches(), out, show_progress=False, **KW)
+    finally:
+        corpus_mod.explain_layers = real  # type: ignore[assignment]
+    Path(counts, f"rank-{rank}.json").write_text(json.dumps(seeds))
     parts = {p.name for p in (Path(out) / "parts").iterdir()}
     assert len(parts) == 4, parts
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_processes_on_gloo_give_the_rows_of_one_process(tmp_path: Path, world: int) -> None:
-    """4 batches over 2 processes (2 each) and over 3 (2, 1, 1): the same table."""
-    run_processes(_rank, world, str(tmp_path / "dist"))
+    """4 batches over 2 processes (2 each) and over 3 (2, 1, 1): the same table, with each
+    batch explained by exactly one process (duplicated work fails the count)."""
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    run_processes(_rank, world, str(tmp_path / "dist"), str(counts))
+    done = [json.loads((counts / f"rank-{r}.json").read_text()) for r in range(world)]
+    assert sorted(s for seeds in done for s in seeds) == [0, 1, 2, 3], done
+    assert sorted(map(len, done), reverse=True) == ([2, 2] if world == 2 else [2, 1, 1])
     dist_rows = pq.read_table(tmp_path / "dist" / "rows.parquet")
     assert dist_rows.equals(run(tiny_bert(), batches(), tmp_path / "one"))
     meta = pq.read_schema(tmp_path / "dist" / "rows.parquet").metadata[b"captum_perturb"]
     assert b"explain_layers" in meta
 
 
-def _layers_cli(out: Path, sentences: Path, procs: int) -> None:
+#: imported by every Python process of the command (``sitecustomize``): in a process that
+#: torchrun started (``RANK`` set), each explain_layers call of explain_corpus appends its
+#: seed (seed + batch index) to ``$COUNT_DIR/rank-$RANK.txt``
+_COUNTER = """
+import os
+if os.environ.get("COUNT_DIR") and os.environ.get("RANK"):
+    import captum_perturb.corpus as corpus
+    real = corpus.explain_layers
+    path = os.path.join(os.environ["COUNT_DIR"], "rank-" + os.environ["RANK"] + ".txt")
+    def counting(*args, **kw):
+        with open(path, "a") as f:
+            f.write(str(kw["seed"]) + "\\n")
+        return real(*args, **kw)
+    corpus.explain_layers = counting
+"""
+
+
+def _layers_cli(out: Path, sentences: Path, procs: int, counts: Path | None = None) -> None:
     head = [sys.executable]
     if procs > 1:
         head += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"]
@@ -319,7 +354,15 @@ def _layers_cli(out: Path, sentences: Path, procs: int) -> None:
         "--models", "minilm", "--layers", "1,3", "--batch-size", "2", "--corpus", "0",
         "--bootstrap", "2000", "--threads", "1", "--out", str(out),
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    path = str(ROOT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if counts is not None:
+        counts.mkdir()
+        (counts / "site").mkdir()
+        (counts / "site" / "sitecustomize.py").write_text(_COUNTER)
+        path = os.pathsep.join([str(counts / "site"), path])
+        env["COUNT_DIR"] = str(counts)
+    env["PYTHONPATH"] = path
     subprocess.run(cmd, check=True, env=env, cwd=ROOT, timeout=300, capture_output=True)
 
 
@@ -336,8 +379,12 @@ def test_layers_command_under_torchrun_writes_the_one_process_folder(
         "i could not wait for it to end .\n",
         encoding="utf-8",
     )
-    _layers_cli(tmp_path / "two", sentences, 2)
+    _layers_cli(tmp_path / "two", sentences, 2, counts=tmp_path / "counts")
     _layers_cli(tmp_path / "one", sentences, 1)
+    # 3 batches of 2 sentences, each explained by exactly one of the two processes
+    done = [(tmp_path / "counts" / f"rank-{r}.txt").read_text().split() for r in (0, 1)]
+    assert sorted(s for seeds in done for s in seeds) == ["0", "1", "2"], done
+    assert sorted(map(len, done)) == [1, 2], done
     rows = "minilm/rows/rows.parquet"
     assert pq.read_table(tmp_path / "two" / rows).equals(pq.read_table(tmp_path / "one" / rows))
     for name in ("index.html", "depth_curves.png", "minilm/information.json"):
