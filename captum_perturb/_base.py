@@ -250,6 +250,8 @@ def explain(
                     "layer='encoder.layer.2')"
                 )
             out = sink[0]
+        if callable(target):
+            return select_callable(target, out)
         try:
             return select_targets(out, target_rows(target, rows))
         except (IndexError, RuntimeError, AssertionError, ValueError) as err:
@@ -356,6 +358,21 @@ def per_element(
     nan = est.sigma.new_full((), float("nan"))
     sigma = tuple(torch.where(g >= 0, s, nan) for s, g in zip(sigma, groups, strict=True))
     return attributions, sigma
+
+
+def select_callable(target: Callable[[Tensor], Any], out: Tensor) -> Tensor:
+    """A callable target (Captum's ``neuron_selector`` function) applied to a stack of
+    states, checked to give one row per copy."""
+    picked = target(out)
+    if not isinstance(picked, Tensor) or picked.dim() == 0 or picked.shape[0] != out.shape[0]:
+        got = tuple(picked.shape) if isinstance(picked, Tensor) else type(picked).__name__
+        raise ValueError(
+            f"a callable target must map the explained state of shape {tuple(out.shape)} to "
+            f"a tensor with one row per copy (dim 0 = {out.shape[0]}); it gave {got}. It is "
+            "applied to stacks of perturbed copies, so it must treat rows independently "
+            "(e.g. lambda s: s[:, 1:3].sum(1))"
+        )
+    return picked
 
 
 def module_named(forward_func: Any, layer: nn.Module | str | None) -> nn.Module | None:

@@ -64,6 +64,13 @@ class LayerPerturbationEntropyAttribution(EntropyFlags, LayerAttribution, Pertur
             raise NotImplementedError(
                 "device_ids (DataParallel) is not supported; explain the model on one device"
             )
+        if isinstance(layer, (list, tuple)):
+            raise TypeError(
+                f"layer is a {type(layer).__name__} of {len(layer)} modules, but the noise goes "
+                "on one module's output: make one LayerPerturbationEntropyAttribution per "
+                "layer, or, for how much of each word every layer of a transformer keeps, "
+                "use captum_perturb.explain_layers"
+            )
         if not isinstance(layer, nn.Module):
             raise TypeError(f"layer must be a torch.nn.Module, got {type(layer).__name__}")
         LayerAttribution.__init__(self, forward_func, layer, device_ids)

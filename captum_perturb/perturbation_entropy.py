@@ -98,7 +98,9 @@ class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):
         Args:
             inputs: ``(B, ...)`` floating-point tensor or tuple of tensors to perturb.
             target: Captum's target: ``None`` = the whole state; an int / tuple indexes
-                every example's state; a list or 1-D tensor gives one index per example.
+                every example's state; a list or 1-D tensor gives one index per example; a
+                callable (Captum's ``neuron_selector`` function) maps the state to the
+                value explained, row by row (it is applied to stacks of copies).
             additional_forward_args: side inputs passed after ``inputs`` (attention masks,
                 token type ids); tensors need the batch as dim 0.
             feature_mask: integer group ids broadcastable to each input (dim 0 of 1 or

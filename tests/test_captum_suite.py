@@ -65,8 +65,11 @@ the estimator, not a chunking bug. The ``conv_*`` entries with ``100 * randn`` o
 ``arange`` inputs converge nowhere (``UNCONVERGED``): their (a) asserts that instead of
 comparing.
 
-Skipped configurations: listed with their reasons on the generated page (``pytest -rs``
-gives the reasons in full).
+Occlusion's ``sliding_window_shapes`` become a ``feature_mask`` of non-overlapping tiles of
+that shape (:func:`window_tiles`: our groups cannot overlap, as Occlusion's stride-1
+windows do); a callable ``neuron_selector`` is our callable ``target``. Skipped
+configurations: listed with their reasons on the generated page (``pytest -rs`` gives the
+reasons in full).
 """
 
 from __future__ import annotations
@@ -152,7 +155,8 @@ def _skip_reason(entry: dict[str, Any]) -> str | None:
     if isinstance(entry.get("layer"), list):
         return (
             "a list of layers (multi-layer LayerActivation / LayerGradientXActivation / "
-            "LayerIntegratedGradients): our layer class perturbs one module"
+            "LayerIntegratedGradients): our layer class perturbs one module and refuses a "
+            "list with an error that names the alternatives (test_a_list_of_layers_is_refused)"
         )
     if entry.get("baseline_distr"):
         return (
@@ -160,15 +164,11 @@ def _skip_reason(entry: dict[str, Any]) -> str | None:
             "sampling knobs): our noise has no reference input, and without baselines the "
             "entry repeats a generic one"
         )
-    if "sliding_window_shapes" in args:
-        return "Occlusion's sliding windows: our groups come from feature_mask / layer_mask"
     if "neuron_selector" in args and "target" in args:
         return (
             "NeuronConductance: a target on the output *and* a neuron of a layer; our method "
             "explains one state (a unit of a layer is covered by the neuron entries)"
         )
-    if callable(args.get("neuron_selector")):
-        return "a callable neuron_selector: our target takes indices (int / tuple / lists)"
     return None
 
 
@@ -185,6 +185,7 @@ class Case:
     args: tuple[Any, ...] | None
     internal_batch_size: int | None
     nt_kwargs: dict[str, Any] | None
+    feature_mask: tuple[Tensor, ...] | None = None
     state_std: Tensor = field(init=False)
     sigma_max: Tensor | None = field(init=False)
 
@@ -243,6 +244,9 @@ class Case:
         }
         if self.sigma_max is not None:
             kw["sigma_max"] = self.sigma_max
+        if self.feature_mask is not None:
+            inputs_are_tuple = isinstance(self.inputs, tuple)
+            kw["feature_mask"] = self.feature_mask if inputs_are_tuple else self.feature_mask[0]
         if self.kind == "neuron":
             kw["layer"] = self.layer_of(model, prefix)
         return {**kw, **override}
@@ -342,6 +346,10 @@ def build(entry: dict[str, Any]) -> Case:
         kind, target = "neuron", args.pop("neuron_selector")
     side = args.pop("additional_forward_args", None)
     inputs = args.pop("inputs")
+    mask = None
+    if "sliding_window_shapes" in args:
+        windows = args.pop("sliding_window_shapes")
+        mask = window_tiles(inputs, windows, args.pop("strides", None))
     assert not args, f"unmapped arguments {sorted(args)} in {entry['name']}"
     return Case(
         name=entry["name"],
@@ -353,7 +361,31 @@ def build(entry: dict[str, Any]) -> Case:
         args=None if side is None else _as_tuple(side),
         internal_batch_size=ibs,
         nt_kwargs=nt,
+        feature_mask=mask,
     )
+
+
+def window_tiles(inputs: Any, windows: Any, strides: Any) -> tuple[Tensor, ...]:
+    """Occlusion's sliding windows as a ``feature_mask``: our groups cannot overlap, so the
+    windows of each shape tile the example (stride = the window, the last one clipped),
+    each tile one group, with ids distinct across inputs. Captum's own ``strides`` (here
+    only their default, 1) would overlap them: a non-default one is refused, loudly."""
+    assert strides is None, "overlapping windows (strides) cannot be groups"
+    xs = _as_tuple(inputs)
+    shapes = windows if isinstance(windows[0], tuple) else (windows,)
+    masks, offset = [], 0
+    for x, window in zip(xs, shapes, strict=True):
+        shape = x.shape[1:]
+        assert len(window) == len(shape), (window, shape)
+        ids = torch.zeros(shape, dtype=torch.long)
+        for dim, (size, w) in enumerate(zip(shape, window, strict=True)):
+            tile = torch.arange(size) // w
+            view = [1] * len(shape)
+            view[dim] = size
+            ids = ids * -(-size // w) + tile.reshape(view)
+        masks.append((ids + offset).unsqueeze(0))
+        offset += int(ids.max()) + 1
+    return tuple(masks)
 
 
 def _as_tuple(x: Any) -> tuple[Any, ...]:
@@ -580,11 +612,14 @@ SLOW: set[tuple[str, str]] = {
 }
 #: entries none of whose examples meets the stopping rule within the default 100
 #: iterations, in the batch or alone (2026-12-06): the conv entries feed ``100 * randn`` or
-#: ``arange`` images through ReLU layers, where groups whose pooled curvature stays <= 0
+#: ``arange`` images through ReLU layers (and the multi-input Occlusion entry's window tiles
+#: meet a dead ReLU unit), where groups whose pooled curvature stays <= 0
 #: ("unknown", never converged: ``fixed_point``) or whose score's standard error stays above
 #: ``tol`` keep every example unconverged, as their results and warnings say. Their check
 #: (a) asserts that, and compares nothing.
 UNCONVERGED: set[str] = {
+    "basic_multi_input_with_perturbations_per_eval_occlusion",
+    "conv_occlusion_with_perturbations_per_eval",
     "conv_with_perturbations_per_eval",
     "conv_layer_single_target",
     "conv_layer_with_perturbations_per_eval",
@@ -716,3 +751,14 @@ def test_relu_kink_is_not_sent_to_the_bound() -> None:
             if float(res.estimate.log_ratio.max()) == 0.0:
                 at_bound.append(seed)
     assert not at_bound, f"every group at sigma_max for seeds {at_bound}"
+
+
+def test_a_list_of_layers_is_refused() -> None:
+    """The skipped multi-layer entries, as a user would try them: a clear error naming one
+    attribution per layer or explain_layers, and the model untouched (no hooks)."""
+    entry = ENTRIES["basic_layer_ig_multi_layer_multi_output"]
+    model = copy.deepcopy(entry["model"])
+    layers = [get_target_layer(model, name) for name in entry["layer"]]
+    with pytest.raises(TypeError, match="one LayerPerturbationEntropyAttribution per layer"):
+        LayerPerturbationEntropyAttribution(model, layers)
+    assert_no_hooks(model)

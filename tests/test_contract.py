@@ -558,3 +558,16 @@ def test_sensitivity_max_needs_the_layer_by_name() -> None:
         s.attr.attribute(s.inputs, layer="inner.nope", state_std=ONE)
     with pytest.raises(TypeError, match="pass the module itself"):
         PerturbationEntropyAttribution(lambda x: s.model(x)).attribute(s.inputs, layer="inner")
+
+
+def test_callable_target_is_captums_neuron_selector() -> None:
+    """A callable target (Captum's ``neuron_selector`` function) explains what it returns:
+    ``lambda s: s[:, 1]`` is ``target=1`` bit for bit (same state, same draws); one that
+    does not keep a row per copy is refused with the rule it broke."""
+    s = linear_multilayer(torch.device("cpu"))
+    s.model.eval()
+    by_index = s.explain(target=1)
+    by_callable = s.explain(target=lambda state: state[:, 1])
+    assert torch.equal(by_index.attributions, by_callable.attributions)
+    with pytest.raises(ValueError, match="one row per copy"):
+        s.explain(target=lambda state: state.sum())

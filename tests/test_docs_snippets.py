@@ -81,7 +81,8 @@ EXPECTED_FILES = (
     "docs/scaling.rst",
     "docs/llm.rst",
 )
-"""Files known to hold Python snippets: the extractor must find some in each."""
+"""Files known to hold Python snippets: the extractor must find some in each, and each has
+a test below that runs it; a file with Python outside this list fails the suite."""
 
 
 @dataclass(frozen=True)
@@ -275,6 +276,11 @@ def test_every_known_snippet_file_is_found_and_every_snippet_compiles() -> None:
     found = files_with_python()
     assert set(EXPECTED_FILES) <= set(found), (
         f"no Python snippets found in {set(EXPECTED_FILES) - set(found)}"
+    )
+    # every file with Python is run by a test of its own below, not only compiled here
+    assert set(found) <= set(EXPECTED_FILES), (
+        f"{set(found) - set(EXPECTED_FILES)} hold Python snippets that no test runs: add "
+        "the file to EXPECTED_FILES and a test that runs it (run_file) and checks its values"
     )
     for relative in found:
         for snippet in file_snippets(relative):
