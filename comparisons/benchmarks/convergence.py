@@ -50,15 +50,17 @@ def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
 
 
 def workloads(
-    layers: list[int], with_classifier: bool
+    layers: list[int], with_classifier: bool, classifier: Path | None = None
 ) -> dict[str, tuple[nn.Module, Any, Forward, Any]]:
-    """``name -> (model, tokenizer, forward, state_layer)`` for every workload."""
+    """``name -> (model, tokenizer, forward, state_layer)`` for every workload; the
+    classifier's folder is ``classifier``, else the fine-tuned SST-2 MiniLM (trained when
+    missing)."""
     model, tok = load_encoder()
     out: dict[str, tuple[nn.Module, Any, Forward, Any]] = {}
     if with_classifier:
         from comparisons.benchmarks.speed import load_classifier
 
-        clf, ctok = load_classifier(None)
+        clf, ctok = load_classifier(classifier)
         out["logits"] = (
             clf,
             ctok,

@@ -69,7 +69,6 @@ from __future__ import annotations
 import argparse
 import math
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,10 +79,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from captum_perturb import LayerPerturbationEntropyAttribution
 from captum_perturb.functional._groups import collect
-from captum_perturb.functional.problem import Problem, SigmaEstimate, check_finite
+from captum_perturb.functional.problem import Problem, check_finite
 from comparisons.benchmarks.convergence import corpus_std, embeddings_of
 from comparisons.benchmarks.convergence import workloads as encoder_workloads
-from comparisons.benchmarks.variance_probe import captured_problem
+from comparisons.benchmarks.variance_probe import explain_one
 from comparisons.models.finetune import cache_root
 from comparisons.models.resources import data_dir, read_sentences
 
@@ -328,25 +327,6 @@ def summarise(
     return row
 
 
-def explain_one(
-    lpe: LayerPerturbationEntropyAttribution, tok: Any, sentence: str, layer: Any, std: Tensor
-) -> tuple[Problem, SigmaEstimate]:
-    """Run the default estimator on one sentence (every token a word, warnings silenced)
-    and keep its :class:`Problem` and estimate."""
-    one = tok([sentence], return_tensors="pt")
-    with captured_problem() as box, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        lpe.explain(
-            one["input_ids"],
-            additional_forward_args=(one["attention_mask"],),
-            attention_mask=one["attention_mask"],
-            state_layer=layer,
-            state_std=std,
-            seed=0,
-        )
-    return box["prob"], box["est"]
-
-
 def measured_costs(clock: dict[str, float], draws: int) -> dict[str, float]:
     """Wall-clock cost of each lever's draw relative to a pathwise draw (forward + backward)."""
     unit = clock["forward"] + clock["backward"]
@@ -458,22 +438,12 @@ def cached_classifier() -> Path | None:
 
 def load_specs(names: list[str], classifier: Path | None) -> dict[str, Spec]:
     """``name -> (model, tokenizer, forward, state_layer)`` for ``logits`` and ``pooled``."""
-    from comparisons.benchmarks.speed import load_classifier
-
-    out: dict[str, Spec] = {}
+    where = None
     if "logits" in names:
         where = classifier or cached_classifier()
         print(f"classifier: {where or 'none cached: training the full recipe'}", flush=True)
-        clf, ctok = load_classifier(where)
-        out["logits"] = (
-            clf,
-            ctok,
-            lambda ids, m: clf(input_ids=ids, attention_mask=m).logits,
-            None,
-        )
-    if "pooled" in names:
-        out["pooled"] = encoder_workloads([], with_classifier=False)["pooled"]
-    return out
+    specs = encoder_workloads([], with_classifier="logits" in names, classifier=where)
+    return {name: specs[name] for name in names}
 
 
 def main(argv: list[str] | None = None) -> int:

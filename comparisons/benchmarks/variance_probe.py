@@ -118,24 +118,32 @@ def per_evaluation_variance(prob: Problem, u: Tensor, draws: int, seed: int) -> 
     return {k: v / a_sq for k, v in out.items()}
 
 
+def explain_one(
+    lpe: LayerPerturbationEntropyAttribution, tok: Any, sentence: str, layer: Any, std: Tensor
+) -> tuple[Problem, SigmaEstimate]:
+    """Run the default estimator on one sentence (every token a word, warnings silenced)
+    and keep its :class:`Problem` and estimate."""
+    one = tok([sentence], return_tensors="pt")
+    with captured_problem() as box, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lpe.explain(
+            one["input_ids"],
+            additional_forward_args=(one["attention_mask"],),
+            attention_mask=one["attention_mask"],
+            state_layer=layer,
+            state_std=std,
+            seed=0,
+        )
+    return box["prob"], box["est"]
+
+
 def probe(name: str, spec: Any, sentences: list[str], corpus: list[str], draws: int) -> None:
     """Print the median relative variance per evaluation of every lever, per sentence."""
     model, tok, forward, layer = spec
     std = corpus_std(spec, corpus)
     lpe = LayerPerturbationEntropyAttribution(forward, embeddings_of(model))
     for i, sentence in enumerate(sentences):
-        one = tok([sentence], return_tensors="pt")
-        with captured_problem() as box, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            lpe.explain(
-                one["input_ids"],
-                additional_forward_args=(one["attention_mask"],),
-                attention_mask=one["attention_mask"],
-                state_layer=layer,
-                state_std=std,
-                seed=0,
-            )
-        prob, est = box["prob"], box["est"]
+        prob, est = explain_one(lpe, tok, sentence, layer, std)
         u = est.log_sigma.nan_to_num(0.0)
         var = per_evaluation_variance(prob, u, draws, seed=1 + i)
         keep = prob.present[0]
