@@ -24,7 +24,7 @@ from captum.attr import (
     TextTemplateInput,
     TextTokenInput,
 )
-from contract import SE_FACTOR
+from contract import ROUND_OFF, SE_FACTOR
 from llm_models import BOS, FAMILIES, PositionLocalLM, causal_lm, tokenizer
 from torch import nn
 
@@ -123,7 +123,8 @@ def test_one_batched_call_matches_separate_calls(monkeypatch: pytest.MonkeyPatch
         assert res.token_std_error is not None
         bound = SE_FACTOR * (res.token_std_error[t] ** 2 + alone.seq_std_error[:n] ** 2).sqrt()
         gap = (res.token_attr[t] - alone.seq_attr[:n]).abs()
-        assert bool((gap <= bound + 1e-3 * res.token_attr[t].abs().max()).all()), (t, gap, bound)
+        # ROUND_OFF: float32 round-off where a standard error is ~0 (tests/contract.py)
+        assert bool((gap <= bound + ROUND_OFF).all()), (t, gap, bound)
 
 
 def test_exact_zeros_where_the_answer_cannot_depend_on_a_token() -> None:
