@@ -571,3 +571,29 @@ def test_callable_target_is_captums_neuron_selector() -> None:
     assert torch.equal(by_index.attributions, by_callable.attributions)
     with pytest.raises(ValueError, match="one row per copy"):
         s.explain(target=lambda state: state.sum())
+
+
+def test_round_off_is_not_mistaken_for_a_stochastic_model() -> None:
+    """The "stochastic model" check compares each copy's whole state: a deterministic
+    model whose near-zero element rounds differently at another batch shape (here 5e-6
+    per row of the call, 4.5e-5 between the 3-row clean pass and a 12-row one, far above
+    an elementwise 1e-5) passes and is flagged as batch-dependent; dropout of rate 0.001
+    in train mode, which moves the state by about 3 % of its norm, still raises."""
+    w = torch.linspace(0.5, 2.0, 6)
+
+    def deterministic(x: Tensor) -> Tensor:
+        big = 100.0 * x * w
+        return torch.cat([big, 5e-6 * x.shape[0] + 0 * x[:, :1]], dim=1)
+
+    x = torch.linspace(-1.0, 1.0, 18).reshape(3, 6)
+    kw: dict[str, Any] = {"state_std": torch.ones(7), "config": FixedPointConfig(max_iter=3)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 3 iterations: unconverged, and said so
+        res = PerturbationEntropyAttribution(deterministic).explain(x, **kw)
+    assert bool(res.estimate.batch_dependent.all())
+
+    def stochastic(x: Tensor) -> Tensor:
+        return nn.functional.dropout(100.0 * x.repeat(1, 200), p=0.001, training=True)
+
+    with pytest.raises(RuntimeError, match="stochastic"):
+        PerturbationEntropyAttribution(stochastic).explain(x, state_std=torch.ones(1200))

@@ -315,7 +315,8 @@ def test_readme(docs_namespace: dict[str, Any], sst2_small_lm: Path) -> None:
     ns = docs_namespace
     ns[SMALL_LM] = str(sst2_small_lm)
     run_file("README.md", ns)
-    tokens = ns["enc"]["input_ids"].shape[1]  # 14 for the tutorial sentence
+    tokens = ns["enc"]["input_ids"].shape[1]
+    assert tokens == 14  # the page's comments: (1, 14, 384) and (1, 14)
     assert ns["args"]["state_std"].shape == (384,)  # quick start: σ_S of layer 3
     assert ns["attr"].shape == (1, tokens, 384)
     assert ns["result"].information.shape == (1, tokens)
@@ -415,3 +416,7 @@ def test_llm_page(docs_namespace: dict[str, Any], sst2_small_lm: Path, tmp_path:
     assert ns["template"].n_itp_features == 2
     info = ns["info"]
     assert info.nats_kept.shape == (1, len(info.layers), len(info.tokens[0]))
+    # the page's comments: "embedding output + every block", "first halves of 500 train
+    # sentences"
+    assert info.layers == list(range(ns["model"].config.n_layer + 1))
+    assert len(ns["prompts"]) == 500

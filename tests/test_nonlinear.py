@@ -180,24 +180,65 @@ def test_high_precision_matches_the_truth(truth: tuple[TanhProblem, Truth], seed
 # --- one MiniLM layer ----------------------------------------------------------------------
 
 
+def stationarity_gradient(
+    model: Any, ids: Tensor, mask: Tensor, layer: Any, std: Tensor, log_sigma: Tensor, draws: int
+) -> tuple[Tensor, Tensor]:
+    """∂R/∂log σ_g per token and its Monte-Carlo standard error, by plain autograd through
+    the model, independently of the package's estimator: R = E_ε mean over the layer's
+    elements of ((Φ(e + σ⊙ε) − Φ(e)) / σ_S)², e the embeddings' output (replaced by a
+    forward hook), ``draws`` Gaussian draws in chunks of 50, seed 0."""
+    emb: list[Tensor] = []
+    out: list[Tensor] = []
+    replace: list[Tensor] = []
+
+    def on_embeddings(_m: Any, _a: Any, value: Tensor) -> Tensor:
+        emb.append(value.detach())
+        return replace[0] if replace else value
+
+    def on_layer(_m: Any, _a: Any, value: Any) -> None:
+        out.append(value[0] if isinstance(value, tuple) else value)
+
+    hooks = [model.embeddings.register_forward_hook(on_embeddings)]
+    hooks.append(layer.register_forward_hook(on_layer))
+    gen = torch.Generator().manual_seed(0)
+    grads = []
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask)
+        clean, state = emb[0], out[0].detach()
+        for _ in range(draws // 50):
+            u = log_sigma.detach().expand(50, -1).clone().requires_grad_(True)
+            eps = torch.randn((50, *clean.shape[1:]), generator=gen)
+            replace[:] = [clean + u.exp()[:, :, None] * eps]
+            out.clear()
+            model(input_ids=ids.expand(50, -1), attention_mask=mask.expand(50, -1))
+            r = ((out[0] - state) / std).square().mean((1, 2))
+            (g,) = torch.autograd.grad(r.sum(), u)
+            grads.append(g.double())
+    finally:
+        for h in hooks:
+            h.remove()
+    per_draw = torch.cat(grads)
+    return per_draw.mean(0), per_draw.std(0) / math.sqrt(len(per_draw))
+
+
 @pytest.mark.slow
-def test_minilm_layer_default_matches_high_precision(minilm_dir: Path, sst2_dev_path: Path) -> None:
-    r"""DEFAULT against HIGH_PRECISION on the tutorial sentence; Φ = encoder layer 1.
+def test_minilm_layer_default_is_stationary(minilm_dir: Path, sst2_dev_path: Path) -> None:
+    r"""DEFAULT's σ on the tutorial sentence (Φ = encoder layer 1) is a stationary point of
+    the objective, checked by an independent computation of its gradient.
 
-    Noise on ``model.embeddings`` (one σ per token), state = the output of the first
-    encoder layer (the forward pass stops there, so HIGH_PRECISION's 80,000 draws stay
-    affordable), σ_S from the first 100 SST-2 dev sentences.
-
-    Tolerance per token: ``4 sqrt(se² + sd_hp²) + se² + ROUND_OFF`` (module docstring),
-    where ``sd_hp`` is HIGH_PRECISION's spread, one seed of which is run. Both estimators
-    average the same per-draw pathwise gradients near σ* and solve for a zero of their mean
-    (HIGH_PRECISION through the Polyak-Ruppert average), so to first order their errors
-    scale as one over the square root of their draws: ``sd_hp = se · sqrt(n / 16,000)``,
-    with n ≤ DEFAULT's draws (evaluations − clean pass − projections; the pool may be
-    smaller, so this overstates sd_hp) and 16,000 = 500 averaged steps × 32 draws.
-    HIGH_PRECISION's constant-step bias (≤ 2e-3 on the tanh problem) is not known for
-    MiniLM and has no allowance: should this test fail by about that much, it is the
-    reference that is off.
+    Noise on ``model.embeddings`` (one σ per token, 14 tokens of 384 elements), σ_S from the
+    first 100 SST-2 dev sentences. At the optimum the objective's stationarity condition
+    holds for every group inside the bound, ∂R/∂log σ_g = c_g = rate · 384 / (14 · 384),
+    and ∂R/∂log σ_g <= c_g at σ_max. :func:`stationarity_gradient` computes ∂R/∂log σ_g by
+    autograd through the model (not the package's estimator) from 4,000 draws. To first
+    order the fixed point errs by δ_g = ½ log(g_g / c_g) (the linear model: curvature 2 c_g
+    in log σ; a curvature that falls with σ only enlarges the true error, see
+    ``_fixed_point_std_error``). DEFAULT stops when the root mean square of its standard
+    errors is at most ``tol`` = 0.02, and those errors are calibrated (test_calibration),
+    so over the interior groups RMS δ <= 3 tol, plus the independent gradient's own error:
+    4 × its standard error of ½ log g. A bug in the pooled curvature, the control variate
+    or the update that moves σ off the optimum fails it; so does a wrong objective.
     """
     model, tokenizer = load_encoder(minilm_dir)
     layer = model.encoder.layer[0]
@@ -216,30 +257,20 @@ def test_minilm_layer_default_matches_high_precision(minilm_dir: Path, sst2_dev_
     enc = tokenizer([TUTORIAL_SENTENCE], return_tensors="pt")
     ids, mask = enc["input_ids"], enc["attention_mask"]
     lpe = LayerPerturbationEntropyAttribution(forward, model.embeddings)
-
-    def explain(config: Any, seed: int) -> SigmaEstimate:
-        res = lpe.explain(
-            ids,
-            None,
-            (mask,),
-            state_layer=layer,
-            attention_mask=mask,
-            state_std=std,
-            config=config,
-            seed=seed,
-        )
-        return res.estimate
-
-    default = explain(DEFAULT, 0)
-    reference = explain(HIGH_PRECISION, 1)
-    se = default.std_error[0].double()
-    assert bool(torch.isfinite(se).all()), se
-    draws = int(default.evaluations[0]) - 1 - DEFAULT.n_projections
-    hp_draws = round(HIGH_PRECISION.average_fraction * HIGH_PRECISION.steps)
-    sd_hp = se * math.sqrt(draws / (hp_draws * HIGH_PRECISION.n_samples))
-    tol = SE_FACTOR * (se.square() + sd_hp.square()).sqrt() + se.square() + ROUND_OFF
-    err = (default.log_sigma[0].double() - reference.log_sigma[0].double()).abs()
-    assert bool((err <= tol).all()), (
-        f"DEFAULT vs HIGH_PRECISION on MiniLM layer 1: |Δ log σ| = {err}, tolerance {tol}, "
-        f"mean |Δ| {float(err.mean()):.4f}"
+    res = lpe.explain(
+        ids, None, (mask,), state_layer=layer, attention_mask=mask, state_std=std, seed=0
     )
+    est = res.estimate
+    assert bool(est.converged.all())
+    tokens = ids.shape[1]
+    coef = 0.1 / tokens  # rate · m_g / N with m_g = 384, N = 384 · tokens
+    g, se = stationarity_gradient(model, ids, mask, layer, std, est.log_sigma[0], 4000)
+    inside = ~est.saturated[0]
+    assert bool(inside.any())
+    delta = 0.5 * torch.log(g[inside] / coef)
+    noise = 4 * (0.5 * se[inside] / g[inside])
+    rms = float(delta.square().mean().sqrt())
+    bound = 3 * DEFAULT.tol + float(noise.square().mean().sqrt())
+    assert rms <= bound, f"RMS ½ log(g/c) {rms:.4f} > {bound:.4f}: {delta}"
+    at_bound = ~inside
+    assert bool((g[at_bound] <= coef + 4 * se[at_bound]).all()), (g, coef)
