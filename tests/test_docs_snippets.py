@@ -420,3 +420,73 @@ def test_llm_page(docs_namespace: dict[str, Any], sst2_small_lm: Path, tmp_path:
     # sentences"
     assert info.layers == list(range(ns["model"].config.n_layer + 1))
     assert len(ns["prompts"]) == 500
+
+
+# ---------------------------------------------------------------- the README's shell lines
+
+#: Every command of the README's ``bash`` blocks (its trailing comment dropped) -> the smoke
+#: form the test runs (``{classifier}``, ``{out}`` filled in), or None with the reason it is
+#: not run here. A new command fails :func:`test_readme_shell_commands` until it is listed.
+SHELL_STAND_INS: dict[str, str | None] = {
+    "pip install torch==2.13.0": None,  # installation: .ci/setup runs it for every CI run
+    "pip install -e '.[hf,viz]'": None,  # installation: .ci/setup installs these extras
+    "bash .ci/main": None,  # the main job: run on its own (README), not inside the tests
+    "bash .ci/run": None,  # the tests themselves
+    "python -m comparisons study --model sst2 --n 200 --out runs/sst2": (
+        "python -m comparisons study --model {classifier} --n 2 --corpus 20 "
+        "--methods ours,saliency --sanity-examples 0 --captum-examples 0 --threads 1 "
+        "--out {out}/sst2"
+    ),
+    "python -m comparisons study --model minilm --state pooled --n 20": (
+        "python -m comparisons study --model minilm --state pooled --n 2 --corpus 20 "
+        "--methods ours,saliency --sanity-examples 0 --captum-examples 0 --threads 1 "
+        "--out {out}/pooled"
+    ),
+    "python -m comparisons table runs/sst2": "python -m comparisons table {out}/sst2",
+    "python -m comparisons methods": "python -m comparisons methods",
+}
+
+
+def readme_shell_commands() -> list[str]:
+    """The commands of the README's ``bash`` blocks, trailing comments dropped."""
+    out = []
+    for snippet in file_snippets("README.md"):
+        if snippet.language != "bash":
+            continue
+        for line in snippet.code.splitlines():
+            command = " ".join(line.split("#", 1)[0].split())
+            if command:
+                out.append(command)
+    return out
+
+
+@pytest.mark.slow
+def test_readme_shell_commands(tiny_classifier: Path, sst2_dev_path: Path, tmp_path: Path) -> None:
+    """Every README shell command is listed in :data:`SHELL_STAND_INS`, and the
+    ``python -m comparisons`` ones run in their smoke form: a 2-example study on a tiny
+    classifier (the README's ``--model path``) and on the packaged MiniLM's pooled state,
+    the headline table of the first, the registry."""
+    import os
+    import subprocess
+    import sys
+
+    commands = readme_shell_commands()
+    assert set(commands) == set(SHELL_STAND_INS), set(commands) ^ set(SHELL_STAND_INS)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    printed = {}
+    for command in commands:
+        smoke = SHELL_STAND_INS[command]
+        if smoke is None:
+            continue
+        argv = smoke.format(classifier=tiny_classifier, out=tmp_path).split()
+        argv[0] = sys.executable
+        done = subprocess.run(
+            argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, f"{smoke}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        printed[command.split()[3]] = done.stdout
+    for run in ("sst2", "pooled"):
+        assert (tmp_path / run / "results.csv").is_file()
+        assert (tmp_path / run / "report.html").is_file()
+    assert "ours" in printed["table"] and "saliency" in printed["table"]
+    assert "ours" in printed["methods"] and "lime" in printed["methods"]
