@@ -64,15 +64,18 @@ def state_std(minilm: tuple[Any, Any], sst2_dev_path: Path) -> Tensor:
 
 
 def test_state_std_of_layer_three(
-    minilm: tuple[Any, Any], state_std: Tensor, sst2_dev_path: Path
+    minilm: tuple[Any, Any], state_std: Tensor, sst2_dev_path: Path, minilm_dir: Path
 ) -> None:
     """σ_S against an independent computation: Hugging Face's own ``hidden_states[3]`` (the
     output of the third encoder layer) of each sentence run alone (no padding at all),
     averaged over its tokens, then the population std across the 100 sentences. The two
     differ only by float32 round-off of the padded batched pass (relative ~1e-6 on each
-    state, ~1e-5 after the moments): rtol 1e-4."""
-    tokenizer, model = minilm
-    assert state_std.shape == (model.config.hidden_size,)
+    state, ~1e-5 after the moments): rtol 1e-4. A model of its own: Hugging Face installs
+    hooks to collect ``hidden_states`` and keeps them, which the shared model must not
+    carry into the hook checks of the next test."""
+    tokenizer, shared = minilm
+    assert state_std.shape == (shared.config.hidden_size,)
+    model = transformers.AutoModel.from_pretrained(minilm_dir).eval()
     with sst2_dev_path.open(encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     means = []
