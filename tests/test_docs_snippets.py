@@ -490,3 +490,35 @@ def test_readme_shell_commands(tiny_classifier: Path, sst2_dev_path: Path, tmp_p
         assert (tmp_path / run / "report.html").is_file()
     assert "ours" in printed["table"] and "saliency" in printed["table"]
     assert "ours" in printed["methods"] and "lime" in printed["methods"]
+
+
+@pytest.mark.slow
+def test_scaling_page_script_under_torchrun(tmp_path: Path, minilm_dir: Path) -> None:
+    """The scaling page's ``torchrun --standalone --nproc-per-node 4 my_corpus_script.py
+    # the Python above``, in smoke form: the page's script saved as that file and run by
+    2 processes (``python -m torch.distributed.run``) and by one, each in a folder of its
+    own; the merged ``runs/corpus/rows.parquet`` are the same table."""
+    import os
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    (script,) = [s.code for s in file_snippets("docs/scaling.rst") if s.is_python]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    launch = {
+        "two": [*torchrun, "--nproc-per-node=2", "my_corpus_script.py"],
+        "one": [sys.executable, "my_corpus_script.py"],
+    }
+    for name, argv in launch.items():
+        where = tmp_path / name
+        where.mkdir()
+        (where / "my_corpus_script.py").write_text(script, encoding="utf-8")
+        done = subprocess.run(
+            argv, env={**env, "HOME": str(where)}, cwd=where, capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, f"{name}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    rows = [pq.read_table(tmp_path / n / "runs" / "corpus" / "rows.parquet") for n in launch]
+    assert rows[0].num_rows > 0 and rows[0].equals(rows[1])
