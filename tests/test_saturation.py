@@ -211,3 +211,124 @@ def test_token_feature_mask_matches_token_and_composes_with_noise_tunnel() -> No
     # stdevs=0 explains exact copies, and for a linear state EXACT is exact up to float64
     # round-off (module docstring): the mean over the copies is the plain result
     torch.testing.assert_close(out, as_token, rtol=0.0, atol=1e-9)
+
+
+# --- the estimate's fields against their definitions (surviving mutants, issue 22) --------
+
+
+def test_score_slope_is_the_derivative_of_the_channel_score() -> None:
+    """score_slope = -∂ score / ∂ log σ*, checked against autograd of channel_score (which
+    score_std_error multiplies by the standard error of log σ*)."""
+    from captum_perturb.functional.problem import channel_score, score_slope
+
+    log_max = torch.tensor(0.3, dtype=torch.float64)
+    u = torch.linspace(-4.0, 4.0, 17, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(channel_score(log_max, u).sum(), u)
+    torch.testing.assert_close(score_slope(log_max, u.detach()), -grad, rtol=1e-12, atol=0.0)
+    est = linear_words(torch.tensor([0.05, 0.5, 4.0]), 4, sigma_max=0.3, config=FixedPointConfig())
+    slope = score_slope(est.sigma_max.log()[:, None], est.log_sigma_free)
+    torch.testing.assert_close(est.score_std_error, slope * est.std_error)
+
+
+def test_entropy_and_loss_follow_their_definitions() -> None:
+    """H_g = m_g (½ log 2πe + log σ_g) (paper Eq. 7) and loss = reconstruction −
+    Σ_g c_g (log σ_g − log σ_max) with c_g = rate · m_g / N, on groups of unequal size."""
+    W = torch.tensor([0.5, 1.0, 2.0]).double()
+    x = torch.randn(1, 6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ids = torch.tensor([0, 0, 0, 1, 2, 2]).view(1, 6, 1).expand(1, 6, 3)
+    est = estimate_sigma(
+        lambda inp, rows: torch.einsum("i,rid->rd", W[ids[0, :, 0]], inp[0]),
+        (x,),
+        (ids,),
+        sigma_max=10.0,
+        rate=RATE,
+        state_std=torch.ones(3, dtype=torch.float64),
+        config=EXACT,
+        generator=torch.Generator().manual_seed(0),
+    )
+    sizes = torch.tensor([[9.0, 3.0, 6.0]], dtype=torch.float64)
+    assert torch.equal(est.group_size, sizes)
+    half_log_2pie = 0.5 * math.log(2 * math.pi * math.e)
+    torch.testing.assert_close(est.entropy, sizes * (half_log_2pie + est.log_sigma))
+    coef = RATE * sizes / 18.0
+    penalty = (coef * (est.log_sigma - math.log(10.0))).sum(1)
+    torch.testing.assert_close(est.loss, est.reconstruction - penalty)
+
+
+def test_one_perturbed_element_gets_the_whole_rate() -> None:
+    """An example with a single perturbed element: c = rate · 1 / 1, so for Φ(x) = w x with
+    σ_S = 1 the closed form is σ* = sqrt(rate / 2) / |w|."""
+    w = 3.0
+    est = estimate_sigma(
+        lambda inp, rows: w * inp[0],
+        (torch.tensor([[0.7]], dtype=torch.float64),),
+        (torch.zeros(1, 1, dtype=torch.long),),
+        sigma_max=10.0,
+        rate=RATE,
+        state_std=torch.ones(1, dtype=torch.float64),
+        config=EXACT,
+        generator=torch.Generator().manual_seed(0),
+    )
+    expected = math.log(math.sqrt(RATE / 2) / w)
+    assert abs(float(est.log_sigma[0, 0]) - expected) <= ROUND_OFF
+
+
+def test_absent_groups_are_nan_not_numbers() -> None:
+    """In a batch where example 1 has fewer groups than example 0, its missing columns are
+    absent: NaN σ and standard error, size 0, not saturated, no entropy."""
+    x = torch.randn(2, 3, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ids = torch.tensor([[0, 1, 2], [0, 0, -1]]).view(2, 3, 1).expand(2, 3, 2)
+    est = estimate_sigma(
+        lambda inp, rows: inp[0].sum(1),
+        (x,),
+        (ids,),
+        sigma_max=10.0,
+        rate=RATE,
+        state_std=torch.ones(2, dtype=torch.float64),
+        config=EXACT,
+        generator=torch.Generator().manual_seed(0),
+    )
+    absent = torch.tensor([[False, False, False], [False, True, True]])
+    assert torch.equal(est.group_size == 0, absent)
+    assert bool(est.log_sigma[absent].isnan().all() and est.std_error[absent].isnan().all())
+    assert bool(est.log_sigma[~absent].isfinite().all())
+    assert not bool(est.saturated[absent].any())
+
+
+def test_adam_reports_the_reconstruction_at_its_sigma() -> None:
+    """Adam's check draws give R(σ) = Σ_i a_i σ_i² (a_i = W_i², σ_S = 1) at the returned σ,
+    within the Monte-Carlo error of R's mean over check_samples draws of d dimensions
+    (relative sd sqrt(2 / (n d)) per draw set, as in the fixed-point test above; 4 sd)."""
+    W = torch.tensor([0.5, 1.0, 2.0, 4.0])
+    cfg = replace(REFERENCE, steps=20, init="first_order", lr=1e-3, check_samples=64)
+    est = linear_words(W, 8, sigma_max=10.0, config=cfg)
+    closed = (W.double().square() * est.sigma[0].double().square()).sum()
+    assert abs(float(est.reconstruction[0]) / float(closed) - 1) <= 4 * math.sqrt(2 / (64 * 8))
+
+
+def test_projections_as_many_as_the_state_are_exact() -> None:
+    """With n_projections equal to the state's size the first-order norms use the standard
+    basis: exact (W_i² for Φ = Σ W_i x_i, σ_S = 1) with zero variance, not a random QR."""
+    from captum_perturb.functional.problem import Problem
+
+    W = torch.tensor([0.5, 1.0, 2.0]).double()
+    x = torch.randn(1, 3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    groups = (torch.arange(3).view(1, 3, 1).expand(1, 3, 4),)
+    state = torch.einsum("i,rid->rd", W, x)
+    prob = Problem(
+        lambda inp, rows: torch.einsum("i,rid->rd", W, inp[0]),
+        (x,),
+        groups,
+        3,
+        state,
+        torch.full_like(state, 1.0 / 4),
+        RATE,
+        torch.tensor([10.0], dtype=torch.float64),
+        None,
+    )
+    gen = torch.Generator().manual_seed(0)
+    before = gen.get_state()
+    norms, var = prob.jacobian_norms(4, gen)
+    torch.testing.assert_close(norms[0], W.square(), rtol=1e-12, atol=0.0)
+    assert torch.equal(var, torch.zeros_like(var))
+    assert torch.equal(gen.get_state(), before), "the standard basis draws no noise"
