@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import torch
@@ -216,6 +217,21 @@ def test_token_feature_mask_matches_token_and_composes_with_noise_tunnel() -> No
 # --- the estimate's fields against their definitions (surviving mutants, issue 22) --------
 
 
+def exact_estimate(phi: Any, x: Tensor, ids: Tensor, outputs: int) -> Any:
+    """EXACT on one float64 input with group ids ``ids``, σ_max = 10, σ_S = 1 for each of
+    the state's ``outputs`` elements."""
+    return estimate_sigma(
+        phi,
+        (x,),
+        (ids,),
+        sigma_max=10.0,
+        rate=RATE,
+        state_std=torch.ones(outputs, dtype=torch.float64),
+        config=EXACT,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
 def test_score_slope_is_the_derivative_of_the_channel_score() -> None:
     """score_slope = -∂ score / ∂ log σ*, checked against autograd of channel_score (which
     score_std_error multiplies by the standard error of log σ*)."""
@@ -236,15 +252,8 @@ def test_entropy_and_loss_follow_their_definitions() -> None:
     W = torch.tensor([0.5, 1.0, 2.0]).double()
     x = torch.randn(1, 6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ids = torch.tensor([0, 0, 0, 1, 2, 2]).view(1, 6, 1).expand(1, 6, 3)
-    est = estimate_sigma(
-        lambda inp, rows: torch.einsum("i,rid->rd", W[ids[0, :, 0]], inp[0]),
-        (x,),
-        (ids,),
-        sigma_max=10.0,
-        rate=RATE,
-        state_std=torch.ones(3, dtype=torch.float64),
-        config=EXACT,
-        generator=torch.Generator().manual_seed(0),
+    est = exact_estimate(
+        lambda inp, rows: torch.einsum("i,rid->rd", W[ids[0, :, 0]], inp[0]), x, ids, 3
     )
     sizes = torch.tensor([[9.0, 3.0, 6.0]], dtype=torch.float64)
     assert torch.equal(est.group_size, sizes)
@@ -259,16 +268,8 @@ def test_one_perturbed_element_gets_the_whole_rate() -> None:
     """An example with a single perturbed element: c = rate · 1 / 1, so for Φ(x) = w x with
     σ_S = 1 the closed form is σ* = sqrt(rate / 2) / |w|."""
     w = 3.0
-    est = estimate_sigma(
-        lambda inp, rows: w * inp[0],
-        (torch.tensor([[0.7]], dtype=torch.float64),),
-        (torch.zeros(1, 1, dtype=torch.long),),
-        sigma_max=10.0,
-        rate=RATE,
-        state_std=torch.ones(1, dtype=torch.float64),
-        config=EXACT,
-        generator=torch.Generator().manual_seed(0),
-    )
+    x, ids = torch.tensor([[0.7]], dtype=torch.float64), torch.zeros(1, 1, dtype=torch.long)
+    est = exact_estimate(lambda inp, rows: w * inp[0], x, ids, 1)
     expected = math.log(math.sqrt(RATE / 2) / w)
     assert abs(float(est.log_sigma[0, 0]) - expected) <= ROUND_OFF
 
@@ -278,16 +279,7 @@ def test_absent_groups_are_nan_not_numbers() -> None:
     absent: NaN σ and standard error, size 0, not saturated, no entropy."""
     x = torch.randn(2, 3, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ids = torch.tensor([[0, 1, 2], [0, 0, -1]]).view(2, 3, 1).expand(2, 3, 2)
-    est = estimate_sigma(
-        lambda inp, rows: inp[0].sum(1),
-        (x,),
-        (ids,),
-        sigma_max=10.0,
-        rate=RATE,
-        state_std=torch.ones(2, dtype=torch.float64),
-        config=EXACT,
-        generator=torch.Generator().manual_seed(0),
-    )
+    est = exact_estimate(lambda inp, rows: inp[0].sum(1), x, ids, 2)
     absent = torch.tensor([[False, False, False], [False, True, True]])
     assert torch.equal(est.group_size == 0, absent)
     assert bool(est.log_sigma[absent].isnan().all() and est.std_error[absent].isnan().all())
