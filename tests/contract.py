@@ -519,9 +519,12 @@ class ContractTester:
     def _check_infidelity(self, s: Setup, attrs: Any, args: Any) -> None:
         """``captum.metrics.infidelity`` of our attributions against the same definition
         computed here: mean over draws of (Iᵀa - (f(x) - f(x - I)))², with the perturbations
-        I recorded as Captum draws them (so a misshapen or misordered attribution, which
-        changes Iᵀa, cannot pass). Captum evaluates f on a batch of another size, so the
-        tolerance is relative: 1e-4 against float32's 1.2e-7 rounding per operation."""
+        I recorded as Captum draws them. It checks that our output has the structure
+        Captum's metrics expect and that the value they report is the definition's (with a
+        non-zero I the value depends on a, unlike the zero perturbation this replaced); it
+        does not judge the attribution itself (the closed-form tests do). Captum evaluates f
+        on a batch of another size, so the tolerance is relative: 1e-4 against float32's
+        1.2e-7 rounding per operation."""
         gen = torch.Generator().manual_seed(0)
         drawn: list[tuple[Tensor, ...]] = []
 
