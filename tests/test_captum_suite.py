@@ -440,11 +440,9 @@ def check_batch(case: Case) -> Gap:
     gaps: Gap = []
     nt = case.nt_kwargs is not None
     res = case.noise_tunnel() if nt else case.explain()
-    pairs = 0
     for i in range(case.batch):
         inputs, args = case.alone(i)
         for t in case.targets_alone(i):
-            pairs += 1
             if nt:
                 alone = case.noise_tunnel(inputs=inputs, additional_forward_args=args, target=t)
                 gaps.append(_assert_nt_close(res, i, alone, 0))

@@ -424,6 +424,19 @@ def test_llm_page(docs_namespace: dict[str, Any], sst2_small_lm: Path, tmp_path:
 
 # ---------------------------------------------------------------- the README's shell lines
 
+
+def run_command(argv: list[str], cwd: Path, **env: str) -> str:
+    """Run a command with the checkout on ``PYTHONPATH`` and one thread (``env`` added);
+    fail the test with its output's tail unless it exits 0; its standard output."""
+    import os
+    import subprocess
+
+    full = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **env}
+    done = subprocess.run(argv, env=full, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{argv}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    return done.stdout
+
+
 #: Every command of the README's ``bash`` blocks (its trailing comment dropped) -> the smoke
 #: form the test runs (``{classifier}``, ``{out}`` filled in), or None with the reason it is
 #: not run here. A new command fails :func:`test_readme_shell_commands` until it is listed.
@@ -466,13 +479,10 @@ def test_readme_shell_commands(tiny_classifier: Path, sst2_dev_path: Path, tmp_p
     ``python -m comparisons`` ones run in their smoke form: a 2-example study on a tiny
     classifier (the README's ``--model path``) and on the packaged MiniLM's pooled state,
     the headline table of the first, the registry."""
-    import os
-    import subprocess
     import sys
 
     commands = readme_shell_commands()
     assert set(commands) == set(SHELL_STAND_INS), set(commands) ^ set(SHELL_STAND_INS)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     printed = {}
     for command in commands:
         smoke = SHELL_STAND_INS[command]
@@ -480,11 +490,7 @@ def test_readme_shell_commands(tiny_classifier: Path, sst2_dev_path: Path, tmp_p
             continue
         argv = smoke.format(classifier=tiny_classifier, out=tmp_path).split()
         argv[0] = sys.executable
-        done = subprocess.run(
-            argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
-        )
-        assert done.returncode == 0, f"{smoke}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
-        printed[command.split()[3]] = done.stdout
+        printed[command.split()[3]] = run_command(argv, tmp_path)
     for run in ("sst2", "pooled"):
         assert (tmp_path / run / "results.csv").is_file()
         assert (tmp_path / run / "report.html").is_file()
@@ -498,14 +504,11 @@ def test_scaling_page_script_under_torchrun(tmp_path: Path, minilm_dir: Path) ->
     # the Python above``, in smoke form: the page's script saved as that file and run by
     2 processes (``python -m torch.distributed.run``) and by one, each in a folder of its
     own; the merged ``runs/corpus/rows.parquet`` are the same table."""
-    import os
-    import subprocess
     import sys
 
     import pyarrow.parquet as pq
 
     (script,) = [s.code for s in file_snippets("docs/scaling.rst") if s.is_python]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     launch = {
         "two": [*torchrun, "--nproc-per-node=2", "my_corpus_script.py"],
@@ -515,10 +518,6 @@ def test_scaling_page_script_under_torchrun(tmp_path: Path, minilm_dir: Path) ->
         where = tmp_path / name
         where.mkdir()
         (where / "my_corpus_script.py").write_text(script, encoding="utf-8")
-        done = subprocess.run(
-            argv, env={**env, "HOME": str(where)}, cwd=where, capture_output=True, text=True,
-            timeout=600,
-        )  # fmt: skip
-        assert done.returncode == 0, f"{name}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        run_command(argv, where, HOME=str(where))
     rows = [pq.read_table(tmp_path / n / "runs" / "corpus" / "rows.parquet") for n in launch]
     assert rows[0].num_rows > 0 and rows[0].equals(rows[1])

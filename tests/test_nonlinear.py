@@ -11,12 +11,15 @@ control variate's non-exactness would show.
 
 Tolerances (derived, not tuned):
 
-* :data:`~captum_perturb.DEFAULT` reports a standard error ``se`` of each log σ. An
-  unbiased estimate is within ``4 se`` of the truth with probability 1 − 6e-5 per group
-  (Gaussian). Allowed biases on top: (i) Jensen: log σ̂ = ½ log(c / 2ā) with ā unbiased
-  gives E[log σ̂] − log σ* ≈ Var(ā)/(4ā²) = se²; (ii) the control variate's twin is taken
-  at scale h = 1e-2, so its mean is a(hσ) = a(0) + h²(a(σ) − a(0)) + O(h⁴): a bias of
-  |β| h² |a(σ*)/a(0) − 1| / 2 ≤ 4e-5 |β| in log σ here, and (iii) float32 round-off of the
+* :data:`~captum_perturb.DEFAULT` pools n_eff draws; to first order its log σ errs by sd
+  :meth:`tanh_truth.Truth.polyak_sd` (n_eff) from the truth's own Hessian and draw
+  covariance (the control variate only lowers it), so an unbiased estimate is within
+  ``4 sd`` of the truth with probability 1 − 6e-5 per group (Gaussian) — a tolerance that
+  does not use the standard error DEFAULT reports. Allowed biases on top: (i) Jensen:
+  log σ̂ = ½ log(c / 2ā) with ā unbiased gives E[log σ̂] − log σ* ≈ Var(ā)/(4ā²) = sd²;
+  (ii) the control variate's twin is taken at scale h = 1e-2, so its mean is
+  a(hσ) = a(0) + h²(a(σ) − a(0)) + O(h⁴): a bias of |β| h² |a(σ*)/a(0) − 1| / 2
+  ≤ 4e-5 |β| in log σ here, and (iii) float32 round-off of the
   state (relative 1e-7 on changes ≥ 1e-3): both inside :data:`ROUND_OFF` = 1e-4 for a
   control-variate coefficient |β| ≤ 2. No allowance for pooling lag: that would be a bug.
 * :data:`~captum_perturb.HIGH_PRECISION` (Adam, S = 32 draws a step, the last T = 500 of
