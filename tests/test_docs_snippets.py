@@ -288,6 +288,29 @@ def test_every_known_snippet_file_is_found_and_every_snippet_compiles() -> None:
                 compile("\n" * (snippet.line - 1) + snippet.code, relative, "exec")
 
 
+def test_no_source_or_doc_file_holds_control_characters() -> None:
+    # A docstring written through a non-raw string turns ``\\tfrac`` into a tab and
+    # ``\\bigl`` into a backspace: the math renders as garbage and nothing else notices.
+    import subprocess
+
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.py", "*.rst", "*.md", "*.toml", "*.cfg"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert tracked, "git ls-files found nothing: run the tests from a git checkout"
+    control = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
+    bad = []
+    for relative in tracked:
+        text = (REPO_ROOT / relative).read_text(encoding="utf-8")
+        for number, line in enumerate(text.splitlines(), 1):
+            if control.search(line):
+                bad.append(f"{relative}:{number}: {line.strip()!r}")
+    assert not bad, "control characters (a tab or an escape read as one?):\n" + "\n".join(bad)
+
+
 # ---------------------------------------------------------------- running the docs
 
 

@@ -23,12 +23,12 @@ _AT_BOUND = 1e-6
 
 def channel_score(log_sigma_max: Tensor, log_sigma_free: Tensor) -> Tensor:
     r"""Nats per dimension a Gaussian channel of noise σ* passes about a word of spread
-    σ_max: :math:`	frac12\log(1 + \sigma_{max}^2/\sigma^{*2})` (0 for σ* = ∞)."""
+    σ_max: :math:`\tfrac12\log(1 + \sigma_{max}^2/\sigma^{*2})` (0 for σ* = ∞)."""
     return 0.5 * torch.nn.functional.softplus(2.0 * (log_sigma_max - log_sigma_free))
 
 
 def score_slope(log_sigma_max: Tensor, log_sigma_free: Tensor) -> Tensor:
-    r""":math:`-\partial\,	ext{score}/\partial\log\sigma^*` of :func:`channel_score`, in (0, 1)."""
+    r""":math:`-\partial\,\text{score}/\partial\log\sigma^*` of :func:`channel_score`, in (0, 1)."""
     return torch.sigmoid(2.0 * (log_sigma_max - log_sigma_free))
 
 
@@ -134,12 +134,12 @@ class SigmaEstimate:
 
         .. math::
 
-            s_g = 	frac12 \logigl(1 + \sigma_{max}^2 / \sigma_g^{*2}igr) \ge 0,
+            s_g = \tfrac12 \log\bigl(1 + \sigma_{max}^2 / \sigma_g^{*2}\bigr) \ge 0,
 
         the information a Gaussian channel with noise :math:`\sigma^*_g` passes about a
         word of spread σ_max. Inside the bound :math:`\sigma^* = \sigma` and
-        :math:`s_g = \log(\sigma_{max}/\sigma_g) + 	frac12\log(1 + \sigma_g^2/\sigma_{max}^2)`,
-        the paper's score up to at most :math:`	frac12\log 2`; at the bound it keeps
+        :math:`s_g = \log(\sigma_{max}/\sigma_g) + \tfrac12\log(1 + \sigma_g^2/\sigma_{max}^2)`,
+        the paper's score up to at most :math:`\tfrac12\log 2`; at the bound it keeps
         ranking groups by their pressure (:attr:`pressure`) instead of tying them at 0,
         and it is 0 only for a group with no effect on the state.
         """
