@@ -198,8 +198,11 @@ def test_layers_at_the_answer_position(family: str) -> None:
 
 
 def test_llm_gradient_attribution_route() -> None:
-    """Captum's wrapper refuses our layer class; LLMLayerAttribution takes it, with the
-    same result shapes as LayerIntegratedGradients."""
+    """Captum's wrapper refuses our layer class; LLMLayerAttribution takes it, with
+    LayerIntegratedGradients' result shapes, and each row of ``token_attr`` is bit for bit
+    our layer method called directly on Φ = that answer token's log-probability given
+    the prompt and the answer before it (teacher forcing; every position's embedding its
+    own group, the answer prefix's cut off and the skipped BOS dropped, as Captum does)."""
     tok = tokenizer()
     model = causal_lm("gpt2")
     emb = model.get_input_embeddings()
@@ -210,14 +213,27 @@ def test_llm_gradient_attribution_route() -> None:
     lig = LLMGradientAttribution(LayerIntegratedGradients(model, emb), tok).attribute(
         inp, target=ANSWER, n_steps=8
     )
+    std, config = torch.tensor(2.0), FixedPointConfig(max_iter=30)
     res = LLMLayerAttribution(ours, tok).attribute(
-        inp, target=ANSWER, state_std=torch.tensor(2.0), config=FixedPointConfig(max_iter=30)
+        inp, target=ANSWER, state_std=std, config=config, seed=3
     )
     assert res.seq_attr.shape == lig.seq_attr.shape
     assert res.token_attr is not None and lig.token_attr is not None
     assert res.token_attr.shape == lig.token_attr.shape
     assert torch.allclose(res.seq_attr, res.token_attr.sum(0))
-    assert bool((res.token_attr >= 0).all())
+    prompt = inp.to_model_input()
+    answer = torch.tensor(tok.encode(ANSWER, add_special_tokens=False))
+    for t in range(len(answer)):
+
+        def log_prob(ids: torch.Tensor, t: int = t) -> torch.Tensor:
+            return model(ids).logits[:, -1].log_softmax(-1)[:, answer[t]]
+
+        direct = LayerPerturbationEntropyAttribution(log_prob, emb).attribute(
+            torch.cat([prompt, answer[:t].unsqueeze(0)], 1), state_std=std, config=config, seed=3
+        )
+        expected = direct.sum(-1)[0, : prompt.shape[1]][inp.itp_mask[0]]
+        assert torch.equal(res.token_attr[t], expected), t
+        assert float(expected.sum()) > 0
 
 
 def test_next_token_state_std_is_the_pooled_std() -> None:
