@@ -544,3 +544,74 @@ def test_scaling_page_script_under_torchrun(tmp_path: Path, minilm_dir: Path) ->
         run_command(argv, where, HOME=str(where))
     rows = [pq.read_table(tmp_path / n / "runs" / "corpus" / "rows.parquet") for n in launch]
     assert rows[0].num_rows > 0 and rows[0].equals(rows[1])
+
+
+#: stand-ins for the SLURM tools of the scaling page's batch script, on one machine:
+#: ``srun`` starts its command once per node (``--ntasks-per-node=1``) with that node's
+#: SLURM variables, and fails if any copy fails; ``scontrol show hostnames`` names the nodes
+SRUN = """#!/usr/bin/env bash
+pids=()
+for node in $(seq 0 $((SLURM_NNODES - 1))); do
+    SLURM_NODEID=$node SLURM_PROCID=$node "$@" > "srun-$node.log" 2>&1 &
+    pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+exit $status
+"""
+SCONTROL = """#!/usr/bin/env bash
+[ "$1 $2" = "show hostnames" ] || { echo "stand-in knows only 'show hostnames'" >&2; exit 2; }
+for node in $(seq 1 $SLURM_NNODES); do echo localhost; done
+"""
+
+
+@pytest.mark.slow
+def test_scaling_page_slurm_script(tmp_path: Path, minilm_dir: Path) -> None:
+    """The scaling page's SLURM batch script, run as written on 2 "nodes" of this machine:
+    ``srun`` and ``scontrol`` are stand-ins (:data:`SRUN`, :data:`SCONTROL`), the page's
+    ``torchrun`` is the real one, with ``--nproc-per-node 1`` instead of 16 and a free port
+    instead of 29500. Two torchrun agents meet at the c10d rendezvous, each runs the page's
+    Python script as one process, and the merged ``rows.parquet`` is the one-process
+    table (computed here the same way)."""
+    import os
+    import socket
+    import stat
+    import sys
+
+    import pyarrow.parquet as pq
+
+    (batch,) = [s.code for s in file_snippets("docs/scaling.rst") if "#SBATCH" in s.code]
+    (script,) = [s.code for s in file_snippets("docs/scaling.rst") if s.is_python]
+    assert batch.count("--nproc-per-node 16") == 1 and batch.count(":29500") == 1
+    with socket.socket() as free:
+        free.bind(("localhost", 0))
+        port = free.getsockname()[1]
+    batch = batch.replace("--nproc-per-node 16", "--nproc-per-node 1")
+    batch = batch.replace(":29500", f":{port}")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name, body in (("srun", SRUN), ("scontrol", SCONTROL)):
+        (tools / name).write_text(body, encoding="utf-8")
+        (tools / name).chmod(stat.S_IRWXU)
+    for name in ("slurm", "one"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "my_corpus_script.py").write_text(script, encoding="utf-8")
+    (tmp_path / "slurm" / "job.sh").write_text(batch, encoding="utf-8")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    assert torchrun.exists(), f"no torchrun beside {sys.executable}"
+    path = f"{tools}{os.pathsep}{torchrun.parent}{os.pathsep}{os.environ['PATH']}"
+    slurm = {"SLURM_NNODES": "2", "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[1-2]"}
+    run_command(
+        ["bash", "job.sh"], tmp_path / "slurm", HOME=str(tmp_path / "slurm"), PATH=path, **slurm
+    )
+    run_command(
+        [sys.executable, "my_corpus_script.py"], tmp_path / "one", HOME=str(tmp_path / "one")
+    )
+    logs = sorted((tmp_path / "slurm").glob("srun-*.log"))
+    assert len(logs) == 2  # both "nodes" ran
+    merged, alone = (
+        pq.read_table(tmp_path / n / "runs" / "corpus" / "rows.parquet") for n in ("slurm", "one")
+    )
+    assert alone.num_rows > 0 and merged.equals(alone)
+    parts = list((tmp_path / "slurm" / "runs" / "corpus" / "parts").glob("*"))
+    assert len(parts) >= 2  # the corpus's batches were shared out, one part per batch
