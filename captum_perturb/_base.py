@@ -25,6 +25,7 @@ from captum_perturb._diagnostics import score_of, warn_if_needed
 from captum_perturb._features import FeatureMask, dense_groups, raw_feature_ids
 from captum_perturb._hooks import capture, run_until_captured
 from captum_perturb._model_state import evaluation_mode, modules_of
+from captum_perturb._utils.common import index_args, make_generator
 from captum_perturb.config import DEFAULT, EstimatorConfig
 from captum_perturb.functional._groups import flat_index, spread
 from captum_perturb.functional.estimate import SigmaEstimate, StateFn, check_finite, estimate_sigma
@@ -65,31 +66,6 @@ class Site:
     is_tuple: bool
     embedding: Tensor | None = None
     modules: tuple[nn.Module, ...] = ()
-
-
-def make_generator(
-    seed: int | torch.Generator | None, device: torch.device
-) -> torch.Generator | None:
-    """A generator for all noise of one call; ``None`` uses torch's global RNG."""
-    if seed is None or isinstance(seed, torch.Generator):
-        if isinstance(seed, torch.Generator) and seed.device.type != device.type:
-            raise ValueError(
-                f"the generator is on {seed.device} but the noise is drawn on {device}; "
-                f"pass torch.Generator(device={str(device)!r})"
-            )
-        return seed
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(
-            f"seed must be an int, a torch.Generator or None, got {type(seed).__name__}"
-        )
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-def index_args(args: tuple[Any, ...] | None, rows: Tensor) -> tuple[Any, ...]:
-    """Side inputs for a stack of copies: tensors with a batch dimension are indexed by rows."""
-    if args is None:
-        return ()
-    return tuple(a[rows.to(a.device)] if isinstance(a, Tensor) and a.dim() > 0 else a for a in args)
 
 
 def check_batch(inputs: tuple[Any, ...], args: tuple[Any, ...] | None) -> int:
@@ -406,4 +382,4 @@ def embedding_matrix(module: nn.Module) -> Tensor | None:
     return embeddings[0][1].weight if len(embeddings) == 1 else None
 
 
-__all__ = ["EntropyFlags", "Site", "embedding_matrix", "explain", "index_args", "module_named"]
+__all__ = ["EntropyFlags", "Site", "embedding_matrix", "explain", "module_named"]

@@ -37,17 +37,22 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 
-from captum_perturb._base import embedding_sigma_max, make_generator
+from captum_perturb._base import embedding_sigma_max
 from captum_perturb._blocks import staircase, transformer_blocks
 from captum_perturb._diagnostics import warn_if_needed
 from captum_perturb._distributed import all_reduce_sum, all_succeeded, is_shard, rank_and_world
 from captum_perturb._hooks import StopForwardError, first_tensor, run_until_captured
 from captum_perturb._model_state import evaluation_mode
 from captum_perturb._parts import atomic_write
+from captum_perturb._utils.common import make_generator
 from captum_perturb.config import LAYERWISE, EstimatorConfig
 from captum_perturb.functional.estimate import estimate_sigma
+from captum_perturb.functional.moments import (
+    fallback_mean_square,
+    state_moments,
+    std_from_moments,
+)
 from captum_perturb.layer_information import LayerInformation
-from captum_perturb.normalizer import fallback_mean_square, state_moments, std_from_moments
 from captum_perturb.packaged_std import LABEL as PACKAGED_LABEL
 from captum_perturb.packaged_std import _tensor_bytes, packaged_state_std, weights_hash
 
@@ -336,7 +341,7 @@ def layer_moments(
     distributed: bool | None = None,
 ) -> dict[int, _Moments]:
     r"""Float64 sums, sums of squares and counts of every layer's (reduced) token states
-    over a corpus (:func:`~captum_perturb.normalizer.state_moments`), for
+    over a corpus (:func:`~captum_perturb.functional.moments.state_moments`), for
     :func:`layer_state_std` and for the corpus mean that the shipped σ_S files record.
 
     For the (reduced) states :math:`s_n` of layer :math:`l`, element-wise:

@@ -11,7 +11,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_perturb import _llm
-from captum_perturb._base import embedding_sigma_max, make_generator
+from captum_perturb._base import embedding_sigma_max
 from captum_perturb._checks import check_rate, working_dtype
 from captum_perturb._compat import (
     DEFAULT_GEN_ARGS,
@@ -22,6 +22,7 @@ from captum_perturb._diagnostics import score_of, score_std_error_of, warn_if_ne
 from captum_perturb._features import dense_groups
 from captum_perturb._hooks import capture
 from captum_perturb._model_state import evaluation_mode
+from captum_perturb._utils.common import make_generator
 from captum_perturb.config import DEFAULT, EstimatorConfig
 from captum_perturb.functional.estimate import SigmaEstimate, estimate_sigma
 from captum_perturb.layer_information import LayerInformation

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from captum_perturb._base import make_generator
+from captum_perturb._utils.common import make_generator
 from captum_perturb.config import AdamConfig, EstimatorConfig, FixedPointConfig
 from captum_perturb.functional.estimate import SigmaEstimate, estimate_sigma
 

@@ -16,13 +16,13 @@ from captum_perturb._compat import progress
 from captum_perturb.config import DEFAULT, AdamConfig, EstimatorConfig, FixedPointConfig
 from captum_perturb.functional.adam import adam
 from captum_perturb.functional.fixed_point import fixed_point
+from captum_perturb.functional.moments import fallback_mean_square
 from captum_perturb.functional.problem import (
     Problem,
     SigmaEstimate,
     StateFn,
     check_finite,
 )
-from captum_perturb.normalizer import fallback_mean_square
 
 __all__ = ["SigmaEstimate", "StateFn", "check_finite", "estimate_sigma", "state_weights"]
 

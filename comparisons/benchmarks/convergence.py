@@ -38,6 +38,7 @@ from captum_perturb import (
     PerturbationEntropyResult,
     estimate_state_std,
 )
+from comparisons.models.finetune import load_classifier
 from comparisons.models.resources import data_dir, load_encoder, read_sentences, sst2_dev
 
 Forward = Callable[[Tensor, Tensor], Tensor]
@@ -58,8 +59,6 @@ def workloads(
     model, tok = load_encoder()
     out: dict[str, tuple[nn.Module, Any, Forward, Any]] = {}
     if with_classifier:
-        from comparisons.benchmarks.speed import load_classifier
-
         clf, ctok = load_classifier(classifier)
         out["logits"] = (
             clf,

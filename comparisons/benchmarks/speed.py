@@ -68,6 +68,7 @@ from captum_perturb import (
 from captum_perturb._hooks import capture, run_until_captured
 from comparisons.benchmarks import convergence
 from comparisons.benchmarks.convergence import embeddings_of
+from comparisons.models.finetune import load_classifier
 from comparisons.models.resources import TUTORIAL_SENTENCE, sst2_dev
 
 Forward = Callable[[Tensor, Tensor], Tensor]
@@ -197,17 +198,6 @@ def first_layers(model: nn.Module, tokenizer: Any, n: int) -> Workload:
         return phi(input_ids=ids, attention_mask=mask).last_hidden_state
 
     return Workload(f"layers1-{n}", phi, tokenizer, forward)
-
-
-def load_classifier(where: Path | None) -> tuple[nn.Module, Any]:
-    """The SST-2 classifier in ``where``, default the fine-tuned MiniLM (trained if missing)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from comparisons.models.finetune import sst2_classifier
-
-    where = sst2_classifier("full") if where is None else where
-    model = AutoModelForSequenceClassification.from_pretrained(str(where)).eval()
-    return model, AutoTokenizer.from_pretrained(str(where))
 
 
 def workloads(names: Sequence[str], classifier: Path | None = None) -> list[Workload]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from comparisons.models.resources import data_dir, packaged_minilm_dir, read_sentences
 
@@ -280,6 +281,15 @@ def sst2_classifier(
         f"of training; saved to {target}"
     )
     return target
+
+
+def load_classifier(where: Path | None) -> tuple[nn.Module, Any]:
+    """The SST-2 classifier in ``where``, default the fine-tuned MiniLM (trained if missing)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    where = sst2_classifier("full") if where is None else where
+    model = AutoModelForSequenceClassification.from_pretrained(str(where)).eval()
+    return model, AutoTokenizer.from_pretrained(str(where))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,8 +41,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from captum_perturb.functional.moments import std_from_moments
 from captum_perturb.layerwise import layer_moments
-from captum_perturb.normalizer import std_from_moments
 from captum_perturb.packaged_std import DATA_DIR, SUFFIX, state_numel, weights_hash
 from comparisons.models.resources import data_dir, load_encoder, read_sentences
 

@@ -14,17 +14,42 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from comparisons import metrics as mt
 from comparisons.models.text_model import Example, TextModel
-from comparisons.study.methods import ExampleInputs, token_scores
+from comparisons.study.methods import AttributeFn, ExampleInputs, MethodContext, token_scores
+from comparisons.study.store import RunStore
 
-if TYPE_CHECKING:
-    from comparisons.study.run import Study
+
+class _Settings(Protocol):
+    @property
+    def methods(self) -> tuple[str, ...]: ...
+
+    @property
+    def seed(self) -> int: ...
+
+
+class Study(Protocol):
+    """What the cascade needs of a study; :class:`comparisons.study.run.Study` is one (the
+    cascade cannot import it: the study imports the cascade)."""
+
+    tm: TextModel
+    ctx: MethodContext
+    store: RunStore
+    attribute_fns: dict[str, AttributeFn | None]
+    progress: str
+
+    @property
+    def config(self) -> _Settings: ...
+
+    def attribute_fn(self, name: str) -> AttributeFn | None: ...
+
+    def explain(self, name: str, x: ExampleInputs) -> tuple[Tensor, float] | None: ...
+
 
 Originals = dict[tuple[str, str], tuple[Tensor, ExampleInputs]]
 
