@@ -1,0 +1,229 @@
+"""The fixed point's steps against their definitions, each on its own.
+
+The mutation run over ``captum_perturb/functional/fixed_point.py``
+(``comparisons/benchmarks/mutation.sh``) left mutants alive that change a result but that
+the end-to-end tests cannot see: the re-evaluations that measure how the curvature moves
+with σ (they only move the standard error, within a clamp), the burn-in and the
+iteration weights of the pooled draws, the decision to drop the linearised twins, the
+iteration count. Each step is checked here against an independent computation:
+
+* :func:`_draw` against the draws written out by hand for a quadratic state
+  :math:`\\Phi_d = s_d + s_d^2`, :math:`s_d = \\sum_i W_i x_{i,d}`, whose per-draw
+  :math:`q_g` is known in closed form at any σ (so the twin's scale and the
+  re-evaluation's step are pinned, not only their means);
+* the pooling, burn-in, weights and standard error with the draws replaced by constants
+  of each iteration, so the pooled mean and spread are known exactly;
+* :func:`_drop_twins` against its rule computed here from the moments, on examples whose
+  correlation puts them on both sides of the threshold;
+* the evaluations of a run, counted from the configuration.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+import captum_perturb.functional.fixed_point as fp
+from captum_perturb import FixedPointConfig
+from captum_perturb.functional import estimate_sigma
+from captum_perturb.functional.problem import Problem
+from comparisons.benchmarks.variance_probe import captured_problem
+
+W = torch.tensor([1.0, 2.0, 4.0])
+F64 = torch.float64
+
+
+def quadratic(inputs: tuple[Tensor, ...], rows: Tensor) -> Tensor:
+    s = torch.einsum("i,rid->rd", W, inputs[0])
+    return s + s.square()
+
+
+def linear(inputs: tuple[Tensor, ...], rows: Tensor) -> Tensor:
+    return torch.einsum("i,rid->rd", W, inputs[0])
+
+
+def problem(phi: Any = quadratic, batch: int = 1, **kwargs: Any) -> tuple[Problem, Any]:
+    """The Problem of a (batch, 3, 8) input, one group per row of 8, and the estimate."""
+    x = 0.3 * torch.randn(batch, 3, 8, generator=torch.Generator().manual_seed(0))
+    groups = (torch.arange(3).view(1, 3, 1).expand(batch, 3, 8),)
+    with captured_problem() as box:
+        estimate_sigma(
+            phi,
+            (x,),
+            groups,
+            sigma_max=10.0,
+            state_std=torch.ones(8),
+            generator=torch.Generator().manual_seed(1),
+            **kwargs,
+        )
+    return box["prob"], box["est"]
+
+
+def q_by_hand(prob: Problem, log_sigma: Tensor, z: Tensor) -> Tensor:
+    r""":math:`q_g = \partial R/\partial\log\sigma_g / (2\sigma_g^2)` of the quadratic state
+    for each row of ``z`` ``(R, 3, 8)`` at ``log_sigma`` ``(R, 3)``, float64, from
+    :math:`\partial R/\partial\log\sigma_g
+    = \sum_d 2 w_d f_d (1 + 2\tilde s_d) W_g\sigma_g z_{g,d}`."""
+    x = prob.inputs[0][0].to(F64)
+    sigma = log_sigma.to(F64).exp()
+    w, z = prob.weight[0].to(F64), z.to(F64)
+    s = torch.einsum("i,id->d", W.to(F64), x)
+    noisy = s + torch.einsum("i,ri,rid->rd", W.to(F64), sigma, z)
+    f = noisy + noisy.square() - (s + s.square())
+    grad = 2 * torch.einsum("d,rd,rd,i,ri,rid->ri", w, f, 1 + 2 * noisy, W.to(F64), sigma, z)
+    return grad / (2 * sigma.square())
+
+
+def test_draw_is_the_closed_form_with_its_twin_and_its_re_evaluation() -> None:
+    prob, _ = problem()
+    u = torch.tensor([[-1.0, -0.5, 0.25]])
+    cfg = FixedPointConfig(n_samples=16)
+    active, use_cv = torch.tensor([0]), torch.tensor([True])
+    d = fp._draw(prob, u, active, use_cv, cfg, torch.Generator().manual_seed(5))
+    # the same generator, replayed: the noise, then the signs v ∈ {-1, +1}
+    gen = torch.Generator().manual_seed(5)
+    rows = active.repeat(16)
+    (z,) = prob.draw(rows, gen)
+    n_fd = 16 // fp._GAMMA_EVERY
+    v = 2.0 * torch.randint(0, 2, (n_fd, 3), generator=gen).to(F64) - 1.0
+    q = q_by_hand(prob, u.expand(16, -1), z)
+    twin = q_by_hand(prob, u.expand(16, -1) + math.log(fp._LINEAR_SCALE), z)
+    moved = q_by_hand(prob, u.expand(n_fd, -1) + fp._GAMMA_STEP * v, z[:n_fd])
+    assert torch.allclose(d.q, q, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(d.lin, twin, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(twin, q, rtol=1e-2)  # the twin's scale matters here
+    assert torch.equal(d.fd_rows, rows[:n_fd])
+    assert torch.allclose(d.dv, (moved - q[:n_fd]) / fp._GAMMA_STEP * v, rtol=1e-3, atol=1e-5)
+    # the burn-in iterations take no re-evaluations, and twins only where asked
+    burn = fp._draw(prob, u, active, torch.tensor([False]), cfg, None, burn_in=True)
+    assert len(burn.fd_rows) == 0 and bool((burn.lin == 0).all())
+
+
+class ConstantDraws:
+    """Stands in for :func:`_draw`: in iteration ``k`` every draw's ``q`` is ``c[k]`` and
+    every re-evaluation's slope ``dv`` is ``slope[k]`` (one per active example)."""
+
+    def __init__(self, c: list[Tensor], slope: list[Tensor]) -> None:
+        self.c, self.slope, self.calls = c, slope, 0
+
+    def __call__(self, prob: Problem, u: Tensor, active: Tensor, use_cv: Tensor, cfg: Any,
+                 gen: Any, burn_in: bool = False) -> fp._Draws:  # fmt: skip
+        k = self.calls
+        self.calls += 1
+        rows = active.repeat(cfg.n_samples)
+        q = self.c[k].to(F64).expand(len(rows), -1).clone()
+        fd_rows = rows[: len(active)]
+        dv = self.slope[k].to(F64).expand(len(fd_rows), -1).clone()
+        zero = torch.zeros(len(rows), dtype=u.dtype)
+        return fp._Draws(rows=rows, q=q, lin=torch.zeros_like(q), res=zero, fd_rows=fd_rows, dv=dv)
+
+
+def test_pooling_forgets_the_burn_in_and_weighs_iteration_k_by_k(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    prob, _ = problem(linear)
+    c = [
+        torch.tensor([9.0, 9.0, 9.0]),
+        torch.tensor([2.0, 3.0, 5.0]),
+        torch.tensor([4.0, 1.0, 3.0]),
+    ]
+    slope = [torch.zeros(3), torch.tensor([-1.0, -0.4, -2.0]), torch.tensor([-3.0, -1.0, -2.0])]
+    fake = ConstantDraws(c, slope)
+    monkeypatch.setattr(fp, "_draw", fake)
+    cfg = FixedPointConfig(min_iter=3, max_iter=3, burn_in=1, control_variate="never", tol=1e-9)
+    prob.evaluations.zero_()
+    est = fp.fixed_point(prob, cfg, torch.Generator().manual_seed(0), lambda: None)
+    assert fake.calls == 3 and est.n_iter == 3
+    # iteration 1 is burn-in (dropped); iterations 2 and 3 pooled with weights 1 and 2
+    w = torch.tensor([1.0, 2.0], dtype=F64)
+    q = torch.stack([c[1], c[2]]).to(F64)
+    a = (w[:, None] * q).sum(0) / w.sum()
+    assert torch.allclose(est.log_sigma[0].to(F64), prob.solve(a[None].float())[0].to(F64))
+    # its standard error: the weighted spread over n_eff = (Σw)²/Σw² draws of each weight
+    n = 16 * w  # 16 draws per iteration
+    n_eff = n.sum() ** 2 / (16 * w.square()).sum()
+    var = (n[:, None] * (q - a).square()).sum(0) / n.sum()
+    var_a = var / n_eff / (1 - 1 / n_eff)
+    se_linear = 0.5 * var_a.sqrt() / a
+    # ... divided by 1 + ½ ∂log a/∂u from the pooled re-evaluations, kept in [0.25, 1]
+    d = (w[:, None] * torch.stack([slope[1], slope[2]]).to(F64)).sum(0) / w.sum()
+    gain = (1 + 0.5 * d / a).clamp(0.25, 1.0)
+    assert torch.allclose(est.std_error[0].to(F64), se_linear / gain, rtol=1e-5)
+    assert not bool(est.converged[0])
+
+
+def test_a_run_of_no_iterations_is_the_first_order_start() -> None:
+    prob, _ = problem(linear)
+    cfg = FixedPointConfig(min_iter=0, max_iter=0)
+    a_lin, _ = prob.jacobian_norms(cfg.n_projections, torch.Generator().manual_seed(0))
+    est = fp.fixed_point(prob, cfg, torch.Generator().manual_seed(0), lambda: None)
+    assert est.n_iter == 0 and bool(est.converged.all())
+    assert torch.allclose(est.log_sigma, prob.solve(a_lin))
+
+
+@pytest.mark.parametrize("control_variate", ["always", "never"])
+def test_evaluations_are_counted_from_the_configuration(control_variate: str) -> None:
+    cfg = FixedPointConfig(
+        n_samples=16, n_projections=4, min_iter=3, max_iter=3, tol=1e-9,
+        control_variate=control_variate,  # type: ignore[arg-type]
+    )  # fmt: skip
+    _, est = problem(quadratic, batch=2, config=cfg)
+    assert est.n_iter == 3
+    twins = 16 if control_variate == "always" else 0
+    n_fd = 16 // fp._GAMMA_EVERY
+    # the clean pass, the projections, then per iteration the draws, their twins and
+    # (after the burn-in) the re-evaluations
+    per_example = 1 + 4 + 3 * (16 + twins) + 2 * n_fd
+    assert est.evaluations.tolist() == [per_example, per_example]
+
+
+def drop_rule(s: dict[str, Tensor], a_lin_var: Tensor, n_full: float, present: Tensor) -> Tensor:
+    """The examples whose twins lose, from the moments: the control variate's variance
+    with ``n_full`` draws against plain Monte Carlo's with twice as many, as a ratio
+    averaged over the example's groups, >= 1."""
+    n = s["n"]
+    mq, ml = s["q"] / n, s["l"] / n
+    var_q = s["qq"] / n - mq**2
+    var_l = s["ll"] / n - ml**2
+    cov = s["ql"] / n - mq * ml
+    kept_cv = var_q / n_full - (cov / n_full) ** 2 / (var_l / n_full + a_lin_var)
+    plain = var_q / (2 * n_full)
+    ratio = torch.where(present, kept_cv / plain, torch.zeros_like(plain))
+    return ratio.sum(1) / present.sum(1) >= 1
+
+
+def test_drop_twins_drops_exactly_the_examples_whose_twins_lose() -> None:
+    gen = torch.Generator().manual_seed(0)
+    examples, groups, draws = 200, 3, 64
+    rho = torch.linspace(0.3, 0.97, examples, dtype=F64)[:, None, None]
+    base = torch.randn(examples, draws, groups, generator=gen, dtype=F64)
+    other = torch.randn(examples, draws, groups, generator=gen, dtype=F64)
+    q = 2.0 + base
+    lin = 2.0 + 0.5 * (rho * base + (1 - rho**2).sqrt() * other)
+    sums = {
+        "n": torch.full((examples, 1), float(draws), dtype=F64),
+        "q": q.sum(1),
+        "l": lin.sum(1),
+        "qq": (q * q).sum(1),
+        "ll": (lin * lin).sum(1),
+        "ql": (q * lin).sum(1),
+    }
+    before = {k: v.clone() for k, v in sums.items()}
+    a_lin_var = torch.full((examples, groups), 1e-4, dtype=F64)
+    cfg = FixedPointConfig(n_samples=16, max_iter=20, burn_in=1)
+    present = torch.ones(examples, groups, dtype=torch.bool)
+    present[::4, 1:] = False  # every fourth example has one group only
+    active = torch.arange(examples)
+    dropped = fp._drop_twins(sums, active, present, a_lin_var, cfg)
+    expected = drop_rule(before, a_lin_var, float(16 * (20 - 1)), present)
+    assert 20 < int(expected.sum()) < examples - 20  # both sides of the threshold
+    assert torch.equal(dropped, active[expected])
+    for key in ("l", "ll", "ql"):  # the dropped examples' twin sums are cleared, no others
+        assert bool((sums[key][dropped] == 0).all())
+        assert torch.equal(sums[key][~expected], before[key][~expected])
+    for key in ("n", "q", "qq"):
+        assert torch.equal(sums[key], before[key])
