@@ -1,9 +1,19 @@
 """Information-based perturbation attribution (Guan et al., ICML 2019) for Captum.
 
-The supported API is what this module exports.
+The supported API is what this module exports. The package is in capability folders
+(``docs/architecture.rst``): :mod:`~captum_perturb.functional` (the estimator),
+:mod:`~captum_perturb.attr` (the Captum classes), :mod:`~captum_perturb.layers`,
+:mod:`~captum_perturb.llm` and :mod:`~captum_perturb.corpus`, over private helpers in
+``_utils``.
 """
 
-from captum_perturb._features import token_feature_mask
+from captum_perturb.attr import (
+    LayerPerturbationEntropyAttribution,
+    PerturbationEntropyAttribution,
+    PerturbationEntropyResult,
+    estimate_state_std,
+    token_feature_mask,
+)
 from captum_perturb.config import (
     DEFAULT,
     HIGH_PRECISION,
@@ -13,16 +23,14 @@ from captum_perturb.config import (
     FixedPointConfig,
 )
 from captum_perturb.corpus import explain_corpus, read_layer_information
-from captum_perturb.layer_information import LayerInformation
-from captum_perturb.layer_perturbation_entropy import LayerPerturbationEntropyAttribution
-from captum_perturb.layerwise import explain_layers, layer_state_std
-from captum_perturb.llm_layer_attribution import LLMLayerAttribution
-from captum_perturb.llm_perturbation_entropy import LLMPerturbationEntropyAttribution
-from captum_perturb.llm_result import LLMPerturbationEntropyResult
-from captum_perturb.normalizer import estimate_state_std, next_token_state_std
-from captum_perturb.perturbation_entropy import PerturbationEntropyAttribution
+from captum_perturb.layers import LayerInformation, explain_layers, layer_state_std
+from captum_perturb.llm import (
+    LLMLayerAttribution,
+    LLMPerturbationEntropyAttribution,
+    LLMPerturbationEntropyResult,
+    next_token_state_std,
+)
 from captum_perturb.reference import Interpreter, calculate_regularization
-from captum_perturb.result import PerturbationEntropyResult
 
 __version__ = "0.1.0"
 

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from captum_perturb import LayerInformation, explain_layers, layer_state_std
-from captum_perturb.packaged_std import packaged_state_std
+from captum_perturb.layers.packaged_std import packaged_state_std
 from comparisons.layers.page import layers_html
 from comparisons.layers.plots import heatmap
 from comparisons.llm.page import llm_page

@@ -70,3 +70,44 @@ def test_no_import_circles(package: str) -> None:
                 where = ", ".join(str(d["line_number"]) for d in lines)
                 details.append(f"  {m} -> {w} (line {where})")
     assert not circles, "import circles:\n" + "\n".join(details)
+
+
+#: the package's floors, top to bottom: a module imports only from its own floor or below
+#: (``docs/architecture.rst``); ``reference`` (the authors' class, re-implemented) sits
+#: beside them on ``functional``
+FLOORS = (
+    "captum_perturb.corpus",
+    "captum_perturb.llm",
+    "captum_perturb.layers",
+    "captum_perturb.attr",
+    "captum_perturb.functional",
+    "captum_perturb.config",
+    "captum_perturb._utils",
+)
+
+
+def upward_imports(graph: grimp.ImportGraph, floors: tuple[str, ...]) -> list[str]:
+    """``importer -> imported`` for every import that runs from a floor up to a higher one."""
+    illegal = graph.find_illegal_dependencies_for_layers(layers=floors)
+    return sorted(
+        f"  {head} -> {tail}"
+        for dependency in illegal
+        for route in dependency.routes
+        for head in route.heads
+        for tail in route.tails
+    )
+
+
+def test_upward_imports_finds_an_import_that_runs_up() -> None:
+    graph = grimp.ImportGraph()
+    for m in ("p", "p.high", "p.high.a", "p.low", "p.low.b"):
+        graph.add_module(m)
+    graph.add_import(importer="p.high.a", imported="p.low.b")
+    assert upward_imports(graph, ("p.high", "p.low")) == []
+    graph.add_import(importer="p.low.b", imported="p.high.a")
+    assert upward_imports(graph, ("p.high", "p.low")) == ["  p.low.b -> p.high.a"]
+
+
+def test_capability_folders_import_only_downward() -> None:
+    arrows = upward_imports(grimp.build_graph("captum_perturb", cache_dir=None), FLOORS)
+    assert not arrows, "imports that run back up a floor:\n" + "\n".join(arrows)

@@ -363,7 +363,7 @@ def test_side_input_on_another_device(kind: str) -> None:
 def test_device_check_skips_models_split_over_devices() -> None:
     """A model whose parameters live on several devices takes its inputs wherever its
     first layer is: the check cannot know where, and stays silent."""
-    from captum_perturb._checks import check_devices
+    from captum_perturb.attr.checks import check_devices
 
     split = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2, device="meta")])
     check_devices((x_float(),), None, [split])  # no error

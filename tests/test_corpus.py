@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-import captum_perturb.corpus as corpus_mod
+import captum_perturb.corpus.explain as corpus_mod
 from captum_perturb import (
     FixedPointConfig,
     LayerPerturbationEntropyAttribution,
@@ -334,7 +334,7 @@ def test_processes_on_gloo_give_the_rows_of_one_process(tmp_path: Path, world: i
 _COUNTER = """
 import os
 if os.environ.get("COUNT_DIR") and os.environ.get("RANK"):
-    import captum_perturb.corpus as corpus
+    import captum_perturb.corpus.explain as corpus
     real = corpus.explain_layers
     path = os.path.join(os.environ["COUNT_DIR"], "rank-" + os.environ["RANK"] + ".txt")
     def counting(*args, **kw):

@@ -1,5 +1,5 @@
 r"""Layer by layer: ``explain_layers``, ``layer_state_std``, ``LayerInformation`` and the
-staircase forward pass of ``captum_perturb._blocks``.
+staircase forward pass of ``captum_perturb.layers.blocks``.
 
 Closed forms (method.md, derived as in ``test_closed_form.py``). ``explain_layers`` folds
 σ_S into the state, :math:`\Phi_l(x)/\sigma_{S,l}`, and hands it to the estimator with
@@ -77,7 +77,7 @@ from contract import (
 )
 from torch import Tensor, nn
 
-import captum_perturb.layerwise as layerwise
+import captum_perturb.layers.layerwise as layerwise
 from captum_perturb import (
     DEFAULT,
     FixedPointConfig,
@@ -87,9 +87,9 @@ from captum_perturb import (
     explain_layers,
     layer_state_std,
 )
-from captum_perturb._blocks import staircase, transformer_blocks
-from captum_perturb._hooks import StopForwardError
-from captum_perturb.layer_information import COLUMNS
+from captum_perturb._utils.hooks import StopForwardError
+from captum_perturb.layers.blocks import staircase, transformer_blocks
+from captum_perturb.layers.information import COLUMNS
 
 transformers = pytest.importorskip("transformers")
 
@@ -1006,7 +1006,7 @@ FLOAT32_U = 2.0**-24
 
 
 def _shipped() -> Any:
-    from captum_perturb.packaged_std import load_packaged, packaged_files
+    from captum_perturb.layers.packaged_std import load_packaged, packaged_files
 
     files = packaged_files()
     assert [f.name for f in files] == ["all-MiniLM-L6-v2.state_std.npz"]
@@ -1041,7 +1041,7 @@ def test_shipped_state_std_file() -> None:
 
 @pytest.mark.slow
 def test_shipped_state_std_belongs_to_the_packaged_minilm(minilm_dir: Path) -> None:
-    from captum_perturb.packaged_std import packaged_state_std, state_numel, weights_hash
+    from captum_perturb.layers.packaged_std import packaged_state_std, state_numel, weights_hash
 
     model = transformers.AutoModel.from_pretrained(minilm_dir).eval()
     meta = _shipped().meta
@@ -1088,7 +1088,7 @@ def _fake_shipped(model: nn.Module, std: dict[int, Tensor], folder: Path) -> Pat
     """Write a shipped-σ_S file for ``model`` into ``folder`` (the real format)."""
     import numpy as np
 
-    from captum_perturb.packaged_std import SUFFIX, state_numel, weights_hash
+    from captum_perturb.layers.packaged_std import SUFFIX, state_numel, weights_hash
 
     layers = sorted(std)
     meta = {
@@ -1110,8 +1110,8 @@ def test_shipped_std_is_used_for_matching_weights_only(
 ) -> None:
     import warnings
 
-    import captum_perturb.packaged_std as packaged_std
-    from captum_perturb._base import embedding_sigma_max
+    import captum_perturb.layers.packaged_std as packaged_std
+    from captum_perturb.attr.plumbing import embedding_sigma_max
 
     model, std, ids, mask = bert_setup
     model = copy.deepcopy(model)  # its weights are changed below

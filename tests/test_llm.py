@@ -28,7 +28,7 @@ from contract import ROUND_OFF, SE_FACTOR
 from llm_models import BOS, FAMILIES, PositionLocalLM, causal_lm, tokenizer
 from torch import nn
 
-import captum_perturb.llm_perturbation_entropy as llm_module
+import captum_perturb.llm.attribution as llm_module
 from captum_perturb import (
     FixedPointConfig,
     LayerPerturbationEntropyAttribution,

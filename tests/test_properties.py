@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from captum_perturb import FixedPointConfig, PerturbationEntropyAttribution
-from captum_perturb._features import dense_groups
+from captum_perturb.attr.features import dense_groups
 from captum_perturb.functional._groups import collect, flat_index, group_sizes, spread
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)

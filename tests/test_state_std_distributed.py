@@ -23,8 +23,8 @@ import transformers
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from captum_perturb import layerwise
-from captum_perturb.layerwise import layer_moments, layer_state_std
+from captum_perturb.layers import layerwise
+from captum_perturb.layers.layerwise import layer_moments, layer_state_std
 from tests.distributed import run_processes
 
 LENGTHS = (5, 3, 7, 4, 6, 2, 5)

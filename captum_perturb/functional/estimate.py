@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from captum_perturb._compat import progress
+from captum_perturb._utils.compat import progress
 from captum_perturb.config import DEFAULT, AdamConfig, EstimatorConfig, FixedPointConfig
 from captum_perturb.functional.adam import adam
 from captum_perturb.functional.fixed_point import fixed_point

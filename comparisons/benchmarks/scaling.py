@@ -105,7 +105,7 @@ def storage(copies: int, root: Path) -> dict[str, Any]:
     from transformers import AutoModel, AutoTokenizer
 
     from captum_perturb import explain_corpus
-    from captum_perturb._parts import PartStore
+    from captum_perturb.corpus.parts import PartStore
     from comparisons.models.resources import data_dir, packaged_minilm_dir, read_sentences
 
     where = packaged_minilm_dir()

@@ -65,7 +65,7 @@ from captum_perturb import (
     PerturbationEntropyResult,
     estimate_state_std,
 )
-from captum_perturb._hooks import capture, run_until_captured
+from captum_perturb._utils.hooks import capture, run_until_captured
 from comparisons.benchmarks import convergence
 from comparisons.benchmarks.convergence import embeddings_of
 from comparisons.models.finetune import load_classifier

@@ -161,7 +161,7 @@ def build_examples(
         ``short`` (under :data:`MIN_WORDS` words), ``one_token`` (a prompt of one token:
         no k to score), ``empty`` (the continuation is EOS at once).
     """
-    from captum_perturb._compat import convert_ids_to_pretty_tokens
+    from captum_perturb._utils.compat import convert_ids_to_pretty_tokens
 
     examples: list[LLMExample] = []
     skipped = {"short": 0, "one_token": 0, "empty": 0}
@@ -391,7 +391,7 @@ LogProbFn = Callable[[Sequence[Tensor]], Tensor]
 def target_log_prob_fn(model: nn.Module, target: Tensor, batch_size: int = 64) -> LogProbFn:
     """:data:`LogProbFn` of ``model`` for the answer ``target`` (teacher forcing, no KV
     cache); prompts of equal length share a batch, so no padding is needed."""
-    from captum_perturb._llm import answer_token_log_probs, run_model
+    from captum_perturb.llm.common import answer_token_log_probs, run_model
 
     def log_prob(prompts: Sequence[Tensor]) -> Tensor:
         out = torch.empty(len(prompts), dtype=torch.float64)

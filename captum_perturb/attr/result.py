@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from captum_perturb._diagnostics import score_std_error_of
+from captum_perturb.functional.diagnostics import score_std_error_of
 from captum_perturb.functional.estimate import SigmaEstimate
 
 

@@ -42,23 +42,24 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
-from captum_perturb._diagnostics import score_of
-from captum_perturb._distributed import (
+from captum_perturb._utils.distributed import (
     all_succeeded,
     is_shard,
     on_first,
     rank_and_world,
     same_everywhere,
 )
-from captum_perturb._model_state import modules_of
-from captum_perturb._parts import PartStore, _pq
+from captum_perturb._utils.fingerprint import tensor_bytes, weights_hash
+from captum_perturb._utils.io import parquet
+from captum_perturb._utils.model_state import modules_of
+from captum_perturb.attr.layer_perturbation_entropy import LayerPerturbationEntropyAttribution
+from captum_perturb.attr.perturbation_entropy import PerturbationEntropyAttribution
+from captum_perturb.attr.result import PerturbationEntropyResult
+from captum_perturb.corpus.parts import PartStore
+from captum_perturb.functional.diagnostics import score_of
 from captum_perturb.functional.problem import _AT_BOUND
-from captum_perturb.layer_information import LayerInformation
-from captum_perturb.layer_perturbation_entropy import LayerPerturbationEntropyAttribution
-from captum_perturb.layerwise import explain_layers
-from captum_perturb.packaged_std import _tensor_bytes, weights_hash
-from captum_perturb.perturbation_entropy import PerturbationEntropyAttribution
-from captum_perturb.result import PerturbationEntropyResult
+from captum_perturb.layers.information import LayerInformation
+from captum_perturb.layers.layerwise import explain_layers
 
 #: columns of the rows (Parquet types) and what they hold
 COLUMNS: dict[str, str] = {
@@ -110,7 +111,7 @@ class _Batch:
 
 def _digest(kind: str, values: Any) -> str:
     h = hashlib.sha256(kind.encode())
-    h.update(_tensor_bytes(torch.as_tensor(values).cpu()) if len(values) else b"")
+    h.update(tensor_bytes(torch.as_tensor(values).cpu()) if len(values) else b"")
     return f"{kind} {h.hexdigest()[:20]}"
 
 
@@ -400,7 +401,7 @@ def _explainer(
 def _describe(value: Any) -> Any:
     """A JSON-able description of a setting, for ``run.json`` (tensors by content hash)."""
     if isinstance(value, Tensor):
-        digest = hashlib.sha256(_tensor_bytes(value.detach().cpu())).hexdigest()[:16]
+        digest = hashlib.sha256(tensor_bytes(value.detach().cpu())).hexdigest()[:16]
         return f"tensor {value.dtype} {tuple(value.shape)} {digest}"
     if isinstance(value, Mapping):
         return {str(k): _describe(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
@@ -618,7 +619,7 @@ def read_layer_information(path: str | Path) -> LayerInformation:
     Raises:
         ValueError: the table was not written by ``explain_layers``.
     """
-    table = _pq().read_table(path)
+    table = parquet().read_table(path)
     meta = json.loads(table.schema.metadata[b"captum_perturb"])
     if meta["settings"]["method"] != "explain_layers":
         raise ValueError(f"{path} holds {meta['settings']['method']} rows, not explain_layers")

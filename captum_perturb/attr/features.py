@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from captum_perturb._compat import format_tensor_into_tuples, is_mask_valid
+from captum_perturb._utils.compat import format_tensor_into_tuples, is_mask_valid
 
 #: ``"token"``: one group per position of a ``(B, T, ..., D)`` tensor, shared over its last
 #: dimension (one σ per token of a hidden state); tensors of fewer than 3 dimensions keep

@@ -14,22 +14,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from captum_perturb._checks import check_devices, check_rate, match_attention_mask
-from captum_perturb._compat import (
+from captum_perturb._utils.common import index_args, make_generator
+from captum_perturb._utils.compat import (
     format_additional_forward_args,
     format_output,
     select_targets,
     target_rows,
 )
-from captum_perturb._diagnostics import score_of, warn_if_needed
-from captum_perturb._features import FeatureMask, dense_groups, raw_feature_ids
-from captum_perturb._hooks import capture, run_until_captured
-from captum_perturb._model_state import evaluation_mode, modules_of
-from captum_perturb._utils.common import index_args, make_generator
+from captum_perturb._utils.hooks import capture, run_until_captured
+from captum_perturb._utils.model_state import evaluation_mode, modules_of
+from captum_perturb.attr.checks import check_devices, check_rate, match_attention_mask
+from captum_perturb.attr.features import FeatureMask, dense_groups, raw_feature_ids
+from captum_perturb.attr.result import PerturbationEntropyResult
 from captum_perturb.config import DEFAULT, EstimatorConfig
 from captum_perturb.functional._groups import flat_index, spread
+from captum_perturb.functional.diagnostics import score_of, warn_if_needed
 from captum_perturb.functional.estimate import SigmaEstimate, StateFn, check_finite, estimate_sigma
-from captum_perturb.result import PerturbationEntropyResult
 
 #: A state function for the site: (perturbed values, rows, explained-state reader) -> state
 SiteRun = Callable[[tuple[Tensor, ...], Tensor, Callable[[Callable[[], Any]], Tensor]], Tensor]

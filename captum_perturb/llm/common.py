@@ -21,7 +21,7 @@ import torch
 from captum.attr import TextTemplateInput, TextTokenInput
 from torch import Tensor, nn
 
-from captum_perturb._hooks import replace
+from captum_perturb._utils.hooks import replace
 
 _OPEN, _CLOSE = "\ue000", "\ue001"  # private-use code points: never in real text
 
@@ -200,10 +200,10 @@ def encode_corpus(tokenizer: Any, texts: Sequence[str]) -> tuple[Tensor, Tensor]
 def std_cache_path(model: nn.Module, ids: Tensor, mask: Tensor, cache_dir: str | Path) -> Path:
     """The σ_S cache file of :func:`~captum_perturb.next_token_state_std`: a key hashed
     from the model's weights and the tokenised corpus."""
-    from captum_perturb.packaged_std import _tensor_bytes, weights_hash
+    from captum_perturb._utils.fingerprint import tensor_bytes, weights_hash
 
     h = hashlib.sha256(weights_hash(model).encode())
     for t in (ids, mask):
         h.update(f"{tuple(t.shape)}".encode())
-        h.update(_tensor_bytes(t))
+        h.update(tensor_bytes(t))
     return Path(cache_dir) / f"next-token-std-{h.hexdigest()[:20]}.pt"

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from captum_perturb._hooks import StopForwardError, first_tensor, with_first
+from captum_perturb._utils.hooks import StopForwardError, first_tensor, with_first
 
 _BLOCK_PATHS = (
     "encoder.layer",

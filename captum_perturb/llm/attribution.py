@@ -10,24 +10,24 @@ from captum.attr import TextTemplateInput, TextTokenInput
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_perturb import _llm
-from captum_perturb._base import embedding_sigma_max
-from captum_perturb._checks import check_rate, working_dtype
-from captum_perturb._compat import (
+from captum_perturb._utils.common import make_generator
+from captum_perturb._utils.compat import (
     DEFAULT_GEN_ARGS,
     BaseLLMAttribution,
     convert_ids_to_pretty_tokens,
 )
-from captum_perturb._diagnostics import score_of, score_std_error_of, warn_if_needed
-from captum_perturb._features import dense_groups
-from captum_perturb._hooks import capture
-from captum_perturb._model_state import evaluation_mode
-from captum_perturb._utils.common import make_generator
+from captum_perturb._utils.hooks import capture
+from captum_perturb._utils.model_state import evaluation_mode
+from captum_perturb.attr.checks import check_rate, working_dtype
+from captum_perturb.attr.features import dense_groups
+from captum_perturb.attr.layer_perturbation_entropy import LayerPerturbationEntropyAttribution
+from captum_perturb.attr.plumbing import embedding_sigma_max
 from captum_perturb.config import DEFAULT, EstimatorConfig
+from captum_perturb.functional.diagnostics import score_of, score_std_error_of, warn_if_needed
 from captum_perturb.functional.estimate import SigmaEstimate, estimate_sigma
-from captum_perturb.layer_information import LayerInformation
-from captum_perturb.layer_perturbation_entropy import LayerPerturbationEntropyAttribution
-from captum_perturb.llm_result import LLMPerturbationEntropyResult
+from captum_perturb.layers.information import LayerInformation
+from captum_perturb.llm import common as _llm
+from captum_perturb.llm.result import LLMPerturbationEntropyResult
 
 
 class LLMPerturbationEntropyAttribution(BaseLLMAttribution):
@@ -370,7 +370,7 @@ class LLMPerturbationEntropyAttribution(BaseLLMAttribution):
             layers: as for :func:`~captum_perturb.explain_layers` (default all).
             **kwargs: passed on (``state_std=``, ``rate=``, ``config=``, ``seed=`` ...).
         """
-        from captum_perturb.layerwise import explain_layers
+        from captum_perturb.layers.layerwise import explain_layers
 
         if not isinstance(inp, TextTokenInput):
             raise TypeError(f"explain_layers takes a TextTokenInput, got {type(inp).__name__}")

@@ -8,7 +8,7 @@ from typing import Any
 from captum.attr import LLMGradientAttribution
 from torch import Tensor
 
-from captum_perturb.layer_perturbation_entropy import LayerPerturbationEntropyAttribution
+from captum_perturb.attr.layer_perturbation_entropy import LayerPerturbationEntropyAttribution
 
 
 class LLMLayerAttribution(LLMGradientAttribution):

@@ -20,7 +20,7 @@ information layer :math:`l` keeps of token :math:`i` is
 
 All layers are optimised in one call of the estimator: the batch holds one copy of each
 sentence per layer, every copy converges on its own, and the perturbed copies of all
-layers share one *staircase* forward pass (``captum_perturb._blocks``): a copy explaining
+layers share one *staircase* forward pass (``captum_perturb.layers.blocks``): a copy explaining
 layer :math:`l` leaves the batch after block :math:`l`, so it costs :math:`l` blocks.
 """
 
@@ -37,24 +37,30 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 
-from captum_perturb._base import embedding_sigma_max
-from captum_perturb._blocks import staircase, transformer_blocks
-from captum_perturb._diagnostics import warn_if_needed
-from captum_perturb._distributed import all_reduce_sum, all_succeeded, is_shard, rank_and_world
-from captum_perturb._hooks import StopForwardError, first_tensor, run_until_captured
-from captum_perturb._model_state import evaluation_mode
-from captum_perturb._parts import atomic_write
 from captum_perturb._utils.common import make_generator
+from captum_perturb._utils.distributed import (
+    all_reduce_sum,
+    all_succeeded,
+    is_shard,
+    rank_and_world,
+)
+from captum_perturb._utils.fingerprint import tensor_bytes, weights_hash
+from captum_perturb._utils.hooks import StopForwardError, first_tensor, run_until_captured
+from captum_perturb._utils.io import atomic_write
+from captum_perturb._utils.model_state import evaluation_mode
+from captum_perturb.attr.plumbing import embedding_sigma_max
 from captum_perturb.config import LAYERWISE, EstimatorConfig
+from captum_perturb.functional.diagnostics import warn_if_needed
 from captum_perturb.functional.estimate import estimate_sigma
 from captum_perturb.functional.moments import (
     fallback_mean_square,
     state_moments,
     std_from_moments,
 )
-from captum_perturb.layer_information import LayerInformation
-from captum_perturb.packaged_std import LABEL as PACKAGED_LABEL
-from captum_perturb.packaged_std import _tensor_bytes, packaged_state_std, weights_hash
+from captum_perturb.layers.blocks import staircase, transformer_blocks
+from captum_perturb.layers.information import LayerInformation
+from captum_perturb.layers.packaged_std import LABEL as PACKAGED_LABEL
+from captum_perturb.layers.packaged_std import packaged_state_std
 
 _SIDE_INPUTS = ("token_type_ids", "position_ids")
 FALLBACK_LABEL = "mean square fallback"
@@ -404,7 +410,7 @@ def _cache_path(
     h = hashlib.sha256(weights_hash(model).encode())
     for name, t in {"input_ids": ids, "attention_mask": mask, **side}.items():
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(_tensor_bytes(t))
+        h.update(tensor_bytes(t))
     h.update(f"{list(chosen)}:{token_reduction}".encode())
     return Path(cache_dir) / f"layer-std-{h.hexdigest()[:20]}.pt"
 
@@ -537,7 +543,7 @@ def explain_layers(
         state_std: ``{layer: σ_S}`` from :func:`layer_state_std` (recommended: it puts
             all layers on one scale). ``None``: the σ_S that ships with the package when
             the model's weights are known (the packaged all-MiniLM-L6-v2:
-            :mod:`captum_perturb.packaged_std`, SST-2 train), else — and for layers
+            :mod:`captum_perturb.layers.packaged_std`, SST-2 train), else — and for layers
             missing from a given ``state_std`` — the reference code's fallback
             :math:`\sigma_S^2 = \text{mean}(\Phi_l(x)^2)` per sentence, with a warning
             (each sentence and layer is then on its own scale); ``result.normaliser``

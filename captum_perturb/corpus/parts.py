@@ -19,28 +19,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from captum_perturb._utils.io import atomic_write, parquet
+
 _KEY = b"captum_perturb"
 _PART = re.compile(r"^batch-(\d{8})\.parquet$")
 #: rows per row group of the merged file (a row group is read in one piece)
 _ROW_GROUP = 1 << 17
-
-
-def _pq() -> Any:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "explain_corpus writes Parquet through pyarrow: pip install 'captum-perturb[corpus]' "
-            "(or pip install pyarrow)"
-        ) from err
-    return pq
 
 
 def _digest(table: Any) -> str:
@@ -57,20 +47,6 @@ def _is_damage(err: Exception) -> bool:
     if isinstance(err, OSError):
         return err.errno is None
     return isinstance(err, (pa.ArrowException, ValueError, KeyError, TypeError, EOFError))
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """``write(file)`` into a temporary file beside ``path``, fsync, rename over ``path``:
-    a reader sees the old file or the whole new one, never a part."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class PartStore:
@@ -137,7 +113,7 @@ class PartStore:
         table = table.replace_schema_metadata({_KEY: json.dumps(record).encode("utf-8")})
         atomic_write(
             self.part_path(batch),
-            lambda f: _pq().write_table(table, f, write_page_checksum=True),
+            lambda f: parquet().write_table(table, f, write_page_checksum=True),
         )
 
     def read_part(self, batch: int) -> tuple[Any, dict[str, Any]]:
@@ -146,7 +122,7 @@ class PartStore:
         Raises:
             ValueError: (or any error of pyarrow) when the part is corrupt.
         """
-        table = _pq().read_table(self.part_path(batch), page_checksum_verification=True)
+        table = parquet().read_table(self.part_path(batch), page_checksum_verification=True)
         record = json.loads(table.schema.metadata[_KEY])
         if record["batch"] != batch or record["rows"] != table.num_rows:
             raise ValueError(f"batch {record['batch']} with {record['rows']} rows")
@@ -163,7 +139,7 @@ class PartStore:
         found = {int(m.group(1)) for p in self.parts.iterdir() if (m := _PART.match(p.name))}
         found = {b for b in found if mine(b)}
         good = {}
-        _pq()  # a missing pyarrow is not a corrupt part
+        parquet()  # a missing pyarrow is not a corrupt part
         for b in sorted(found):
             try:
                 _, record = self.read_part(b)
@@ -190,7 +166,7 @@ class PartStore:
         """
         import pyarrow as pa
 
-        pq = _pq()
+        pq = parquet()
         for tmp in [*self.parts.glob("*.tmp-*"), *self.root.glob("*.tmp-*")]:
             tmp.unlink(missing_ok=True)  # left by a process that was killed
         missing = [b for b in range(n_batches) if not self.part_path(b).exists()]
