@@ -28,9 +28,19 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = timedelta(hours=12)
 
 
+def initialised() -> bool:
+    """Whether a ``torch.distributed`` process group is running in this process."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def backend() -> str | None:
+    """The process group's backend (``"gloo"``, ``"nccl"``), None without one."""
+    return str(dist.get_backend()) if initialised() else None
+
+
 def rank_and_world() -> tuple[int, int]:
     """``(rank, world size)`` of the current process group, ``(0, 1)`` without one."""
-    if dist.is_available() and dist.is_initialized():
+    if initialised():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import weakref
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -50,3 +51,14 @@ def weights_hash(model: nn.Module) -> str:
     digest = _full_hash(model)
     _MEMO[model] = (fingerprint, digest)
     return digest
+
+
+def cache_key(model: nn.Module, tensors: Mapping[str, Tensor], options: str = "") -> str:
+    """The package's one cache key: 20 hex digits of SHA-256 over the model's weights
+    (:func:`weights_hash`), each tensor's name, dtype, shape and bytes, and ``options``."""
+    h = hashlib.sha256(weights_hash(model).encode())
+    for name, t in tensors.items():
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(tensor_bytes(t))
+    h.update(options.encode())
+    return h.hexdigest()[:20]

@@ -109,3 +109,31 @@ def run_until_captured(run: Callable[[], Any]) -> Any:
         return run()
     except StopForwardError:
         return None
+
+
+#: what to do when a captured layer never runs
+NOT_CALLED = "pass a module of the model that forward_func calls"
+
+
+def captured_value(
+    layer: nn.Module,
+    run: Callable[[], Any],
+    *,
+    layer_input: bool = False,
+    what: str = "the layer",
+    fix: str = NOT_CALLED,
+) -> Tensor:
+    """The layer's (first) output — or input — on the first call of ``run`` (cut short
+    there).
+
+    Raises:
+        RuntimeError: the layer never ran; the message names it and ``fix``.
+    """
+    sink: list[Tensor] = []
+    with capture(layer, sink, layer_input=layer_input):
+        run_until_captured(run)
+    if not sink:
+        raise RuntimeError(
+            f"{what} {type(layer).__name__} never ran during the forward pass; {fix}"
+        )
+    return sink[0]

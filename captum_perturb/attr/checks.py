@@ -6,7 +6,6 @@ nothing the caller owns.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
@@ -25,25 +24,6 @@ def working_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the estimator works in for values of ``dtype``: float32 for half
     precision (whose 8 or 11 significant bits cannot hold the moments), else ``dtype``."""
     return torch.float32 if dtype in LOW_PRECISION else dtype
-
-
-def check_rate(rate: Any) -> None:
-    """``rate`` must be a finite positive number.
-
-    Raises:
-        ValueError: otherwise (``inf`` would make every σ reach σ_max: the entropy term
-            outweighs any change of the state).
-    """
-    if (
-        isinstance(rate, bool)
-        or not isinstance(rate, (int, float))
-        or not math.isfinite(rate)
-        or not rate > 0
-    ):
-        raise ValueError(
-            f"rate must be a positive finite number, got {rate!r}: it weighs the entropy "
-            "term against the change of the state (the reference code's default is 0.1)"
-        )
 
 
 def _devices(modules: Iterable[nn.Module]) -> set[torch.device]:
@@ -165,7 +145,6 @@ def in_dtypes(
 __all__ = [
     "LOW_PRECISION",
     "check_devices",
-    "check_rate",
     "in_dtypes",
     "match_attention_mask",
     "working_dtype",

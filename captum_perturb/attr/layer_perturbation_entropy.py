@@ -11,7 +11,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_perturb._utils.common import index_args
-from captum_perturb._utils.hooks import capture, replace, run_until_captured
+from captum_perturb._utils.hooks import captured_value, replace
 from captum_perturb.attr.checks import in_dtypes, working_dtype
 from captum_perturb.attr.features import FeatureMask
 from captum_perturb.attr.plumbing import EntropyFlags, Site, embedding_matrix, explain
@@ -184,15 +184,9 @@ class LayerPerturbationEntropyAttribution(EntropyFlags, LayerAttribution, Pertur
 
         def site(inp: tuple[Any, ...], batch: int, call_model: Callable[..., Any]) -> Site:
             rows_all = torch.arange(batch)
-            sink: list[Tensor] = []
-            with capture(layer, sink, layer_input=to_input):
-                run_until_captured(lambda: call_model(inp, rows_all.to(_device(inp))))
-            if not sink:
-                raise RuntimeError(
-                    f"the layer {type(layer).__name__} never ran during the forward pass; "
-                    "pass a module of the model that forward_func calls"
-                )
-            value = sink[0].detach()
+            value = captured_value(
+                layer, lambda: call_model(inp, rows_all.to(_device(inp))), layer_input=to_input
+            ).detach()
             if not value.is_floating_point():
                 raise TypeError(
                     f"the {'input' if to_input else 'output'} of {type(layer).__name__} has dtype "

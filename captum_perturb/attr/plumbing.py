@@ -21,15 +21,22 @@ from captum_perturb._utils.compat import (
     select_targets,
     target_rows,
 )
-from captum_perturb._utils.hooks import capture, run_until_captured
+from captum_perturb._utils.hooks import NOT_CALLED, captured_value
 from captum_perturb._utils.model_state import evaluation_mode, modules_of
-from captum_perturb.attr.checks import check_devices, check_rate, match_attention_mask
+from captum_perturb.attr.checks import check_devices, match_attention_mask
 from captum_perturb.attr.features import FeatureMask, dense_groups, raw_feature_ids
 from captum_perturb.attr.result import PerturbationEntropyResult
 from captum_perturb.config import DEFAULT, EstimatorConfig
 from captum_perturb.functional._groups import flat_index, spread
-from captum_perturb.functional.diagnostics import score_of, warn_if_needed
-from captum_perturb.functional.estimate import SigmaEstimate, StateFn, check_finite, estimate_sigma
+from captum_perturb.functional.diagnostics import check_score, score_of, warn_if_needed
+from captum_perturb.functional.estimate import (
+    SigmaEstimate,
+    StateFn,
+    check_finite,
+    check_rate,
+    estimate_sigma,
+)
+from captum_perturb.functional.moments import FALLBACK_LABEL
 
 #: A state function for the site: (perturbed values, rows, explained-state reader) -> state
 SiteRun = Callable[[tuple[Tensor, ...], Tensor, Callable[[Callable[[], Any]], Tensor]], Tensor]
@@ -181,8 +188,7 @@ def explain(
     args = format_additional_forward_args(additional_forward_args)
     batch = check_batch(tuple_inputs, args)
     check_rate(rate)
-    if score not in ("channel", "paper"):
-        raise ValueError(f"score must be 'channel' or 'paper', got {score!r}")
+    check_score(score)
     modules = modules_of(forward_func, extra=() if state_layer is None else (state_layer,))
     check_devices(tuple_inputs, args, modules)
     # under NoiseTunnel / sensitivity_max the mask may come un-expanded (see there)
@@ -214,18 +220,14 @@ def explain(
                     "pass the module to explain"
                 )
         else:
-            sink: list[Tensor] = []
-            with capture(state_layer, sink):
-                run_until_captured(run)
-            if not sink:
-                raise RuntimeError(
-                    f"the explained layer {type(state_layer).__name__} never ran during the "
-                    "forward pass; pass a module of the model that forward_func calls (a "
-                    "deep copy of it, as captum.metrics.sensitivity_max makes of its "
-                    "keyword arguments, never runs: pass layer by name there, e.g. "
-                    "layer='encoder.layer.2')"
-                )
-            out = sink[0]
+            out = captured_value(
+                state_layer,
+                run,
+                what="the explained layer",
+                fix=NOT_CALLED + " (a deep copy of it, as captum.metrics.sensitivity_max makes "
+                "of its keyword arguments, never runs: pass layer by name there, e.g. "
+                "layer='encoder.layer.2')",
+            )
         if callable(target):
             return select_callable(target, out)
         try:
@@ -287,7 +289,7 @@ def explain(
         estimate=est,
         group_ids=table,
         sigma_max_source=source,
-        normaliser="mean square fallback" if state_std is None else "state_std",
+        normaliser=FALLBACK_LABEL if state_std is None else "state_std",
         score=score,
     )
 

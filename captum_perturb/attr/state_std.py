@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from captum_perturb._utils.common import index_args
 from captum_perturb._utils.compat import format_additional_forward_args, select_targets, target_rows
-from captum_perturb._utils.hooks import capture, first_tensor, run_until_captured
+from captum_perturb._utils.hooks import captured_value, first_tensor
 from captum_perturb._utils.model_state import evaluation_mode, modules_of
 from captum_perturb.functional.moments import state_moments, std_from_moments
 
@@ -96,12 +96,7 @@ def estimate_state_std(
             if layer is None:
                 state = first_tensor(forward_func(*part, *part_args), "the model output")
             else:
-                sink: list[Tensor] = []
-                with capture(layer, sink):
-                    run_until_captured(lambda: forward_func(*part, *part_args))  # noqa: B023
-                if not sink:
-                    raise RuntimeError(f"the layer {type(layer).__name__} never ran")
-                state = sink[0]
+                state = captured_value(layer, lambda: forward_func(*part, *part_args))  # noqa: B023
             state = select_targets(state, target_rows(target, rows)).double()
             m = None
             if attention_mask is not None:

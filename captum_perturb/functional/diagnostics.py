@@ -116,6 +116,20 @@ def warn_if_needed(
         warnings.warn(f"{who}: " + "; ".join(found) + ".", UserWarning, stacklevel=stacklevel)
 
 
+#: the scores a result can report (see :func:`score_of`)
+SCORES = ("channel", "paper")
+
+
+def check_score(score: str) -> None:
+    """``score`` must be one of :data:`SCORES`.
+
+    Raises:
+        ValueError: otherwise.
+    """
+    if score not in SCORES:
+        raise ValueError(f"score must be 'channel' or 'paper', got {score!r}")
+
+
 def score_of(est: SigmaEstimate, score: str) -> torch.Tensor:
     """``(B, G)`` the per-dimension score to report: ``"channel"`` (:attr:`SigmaEstimate.score`)
     or ``"paper"`` (:attr:`SigmaEstimate.log_ratio`, 0 at the bound); the caller checks
@@ -131,4 +145,11 @@ def score_std_error_of(est: SigmaEstimate, score: str) -> torch.Tensor:
     return est.score_std_error
 
 
-__all__ = ["problems", "score_of", "score_std_error_of", "warn_if_needed"]
+__all__ = [
+    "SCORES",
+    "check_score",
+    "problems",
+    "score_of",
+    "score_std_error_of",
+    "warn_if_needed",
+]

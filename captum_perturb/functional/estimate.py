@@ -6,8 +6,10 @@ benchmark) calls :func:`estimate_sigma`.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,7 +26,33 @@ from captum_perturb.functional.problem import (
     check_finite,
 )
 
-__all__ = ["SigmaEstimate", "StateFn", "check_finite", "estimate_sigma", "state_weights"]
+__all__ = [
+    "SigmaEstimate",
+    "StateFn",
+    "check_finite",
+    "check_rate",
+    "estimate_sigma",
+    "state_weights",
+]
+
+
+def check_rate(rate: Any) -> None:
+    """``rate`` must be a finite positive number.
+
+    Raises:
+        ValueError: otherwise (``inf`` would make every σ reach σ_max: the entropy term
+            outweighs any change of the state).
+    """
+    if (
+        isinstance(rate, bool)
+        or not isinstance(rate, (int, float))
+        or not math.isfinite(rate)
+        or not rate > 0
+    ):
+        raise ValueError(
+            f"rate must be a positive finite number, got {rate!r}: it weighs the entropy "
+            "term against the change of the state (the reference code's default is 0.1)"
+        )
 
 
 def state_weights(state: Tensor, state_std: Tensor | None, output_mask: Tensor | None) -> Tensor:
@@ -166,8 +194,7 @@ def estimate_sigma(
         >>> bool(torch.allclose(est.sigma[0], closed, rtol=0.02))
         True
     """
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
-        raise ValueError(f"rate must be a positive number, got {rate!r}")
+    check_rate(rate)
     if not inputs:
         raise ValueError("inputs is empty: pass at least one tensor to perturb")
     for x in inputs:

@@ -7,6 +7,10 @@ import warnings
 import torch
 from torch import Tensor
 
+#: what a result records as its normaliser when no corpus σ_S was given
+#: (:func:`fallback_mean_square`)
+FALLBACK_LABEL = "mean square fallback"
+
 
 def state_moments(
     state: Tensor, attention_mask: Tensor | None, token_reduction: str

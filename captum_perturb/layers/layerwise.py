@@ -26,14 +26,12 @@ layer :math:`l` leaves the batch after block :math:`l`, so it costs :math:`l` bl
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 
@@ -41,10 +39,13 @@ from captum_perturb._utils.common import make_generator
 from captum_perturb._utils.distributed import (
     all_reduce_sum,
     all_succeeded,
+    backend,
+    initialised,
     is_shard,
     rank_and_world,
 )
-from captum_perturb._utils.fingerprint import tensor_bytes, weights_hash
+from captum_perturb._utils.fingerprint import cache_key
+from captum_perturb._utils.hf import call_without_cache
 from captum_perturb._utils.hooks import StopForwardError, first_tensor, run_until_captured
 from captum_perturb._utils.io import atomic_write
 from captum_perturb._utils.model_state import evaluation_mode
@@ -53,6 +54,7 @@ from captum_perturb.config import LAYERWISE, EstimatorConfig
 from captum_perturb.functional.diagnostics import warn_if_needed
 from captum_perturb.functional.estimate import estimate_sigma
 from captum_perturb.functional.moments import (
+    FALLBACK_LABEL,
     fallback_mean_square,
     state_moments,
     std_from_moments,
@@ -63,7 +65,6 @@ from captum_perturb.layers.packaged_std import LABEL as PACKAGED_LABEL
 from captum_perturb.layers.packaged_std import packaged_state_std
 
 _SIDE_INPUTS = ("token_type_ids", "position_ids")
-FALLBACK_LABEL = "mean square fallback"
 """``LayerInformation.normaliser`` of a layer normalised by the reference fallback."""
 
 
@@ -111,17 +112,8 @@ def _special(encoding: Mapping[str, Any], tokenizer: Any, ids: Tensor) -> Tensor
     return None
 
 
-def _run(model: nn.Module, ids: Tensor, mask: Tensor, side: Mapping[str, Tensor]) -> Any:
-    return model(input_ids=ids, attention_mask=mask, use_cache=False, **side)
-
-
 def _call(model: nn.Module, ids: Tensor, mask: Tensor, side: Mapping[str, Tensor]) -> Any:
-    try:
-        return _run(model, ids, mask, side)
-    except TypeError as err:  # a model without use_cache
-        if "use_cache" not in str(err):
-            raise
-        return model(input_ids=ids, attention_mask=mask, **side)
+    return call_without_cache(model, input_ids=ids, attention_mask=mask, **side)
 
 
 def _layer_states(
@@ -243,7 +235,7 @@ def _sharding(distributed: bool | None, corpus: Any) -> tuple[int, int]:
     """``(rank, world)`` to shard the corpus's batches over; ``(0, 1)``: all of them here."""
     if distributed is False:
         return 0, 1
-    if distributed and not (dist.is_available() and dist.is_initialized()):
+    if distributed and not initialised():
         raise ValueError(
             "distributed=True needs an initialised torch.distributed process group (run "
             "under torchrun and call torch.distributed.init_process_group first)"
@@ -296,7 +288,7 @@ def _shard_moments(
 
 def _collective_device() -> torch.device:
     """Where the group's collectives take tensors: the process's GPU for NCCL, else CPU."""
-    if dist.get_backend() == "nccl":
+    if backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
@@ -407,12 +399,9 @@ def _cache_path(
             "tokenizer's output, or cache the σ_S of a streamed corpus yourself"
         )
     ids, mask, side = _unpack(corpus)
-    h = hashlib.sha256(weights_hash(model).encode())
-    for name, t in {"input_ids": ids, "attention_mask": mask, **side}.items():
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(tensor_bytes(t))
-    h.update(f"{list(chosen)}:{token_reduction}".encode())
-    return Path(cache_dir) / f"layer-std-{h.hexdigest()[:20]}.pt"
+    tensors = {"input_ids": ids, "attention_mask": mask, **side}
+    key = cache_key(model, tensors, f"{list(chosen)}:{token_reduction}")
+    return Path(cache_dir) / f"layer-std-{key}.pt"
 
 
 def _cached_everywhere(path: Path, world: int) -> bool:

@@ -18,13 +18,19 @@ from captum_perturb._utils.compat import (
 )
 from captum_perturb._utils.hooks import capture
 from captum_perturb._utils.model_state import evaluation_mode
-from captum_perturb.attr.checks import check_rate, working_dtype
+from captum_perturb.attr.checks import working_dtype
 from captum_perturb.attr.features import dense_groups
 from captum_perturb.attr.layer_perturbation_entropy import LayerPerturbationEntropyAttribution
 from captum_perturb.attr.plumbing import embedding_sigma_max
 from captum_perturb.config import DEFAULT, EstimatorConfig
-from captum_perturb.functional.diagnostics import score_of, score_std_error_of, warn_if_needed
-from captum_perturb.functional.estimate import SigmaEstimate, estimate_sigma
+from captum_perturb.functional.diagnostics import (
+    check_score,
+    score_of,
+    score_std_error_of,
+    warn_if_needed,
+)
+from captum_perturb.functional.estimate import SigmaEstimate, check_rate, estimate_sigma
+from captum_perturb.functional.moments import FALLBACK_LABEL
 from captum_perturb.layers.information import LayerInformation
 from captum_perturb.llm import common as _llm
 from captum_perturb.llm.result import LLMPerturbationEntropyResult
@@ -181,8 +187,7 @@ class LLMPerturbationEntropyAttribution(BaseLLMAttribution):
                 f"TextTemplateInput, got {type(inp).__name__}"
             )
         check_rate(rate)
-        if score not in ("channel", "paper"):
-            raise ValueError(f"score must be 'channel' or 'paper', got {score!r}")
+        check_score(score)
         prompt, feature = _llm.prompt_features(inp, self.tokenizer)
         if not bool((feature >= 0).any()):
             raise ValueError(
@@ -349,7 +354,7 @@ class LLMPerturbationEntropyAttribution(BaseLLMAttribution):
             std_error=scatter(se),
             saturated=scatter(est.saturated.float()).bool(),
             estimate=est,
-            normaliser="state_std" if corpus_std else "mean square fallback",
+            normaliser="state_std" if corpus_std else FALLBACK_LABEL,
             score=score,
         )
 

@@ -10,8 +10,6 @@ of ``token_attr``).
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +19,8 @@ import torch
 from captum.attr import TextTemplateInput, TextTokenInput
 from torch import Tensor, nn
 
+from captum_perturb._utils.fingerprint import cache_key
+from captum_perturb._utils.hf import call_without_cache
 from captum_perturb._utils.hooks import replace
 
 _OPEN, _CLOSE = "\ue000", "\ue001"  # private-use code points: never in real text
@@ -113,20 +113,11 @@ def row_mask(n_target: int, per_token: bool) -> Tensor:
     return torch.stack(rows).unsqueeze(-1)
 
 
-def accepts(model: nn.Module, name: str) -> bool:
-    """Whether ``model.forward`` takes the keyword ``name`` (or ``**kwargs``)."""
-    params = inspect.signature(model.forward).parameters.values()
-    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
-
-
 def run_model(model: nn.Module, ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
     """Logits ``(n, L, V)`` of a causal LM for ids ``(n, L)``, KV cache off; no padding
     unless an ``attention_mask`` says where."""
     mask = torch.ones_like(ids) if attention_mask is None else attention_mask
-    kwargs: dict[str, Any] = {"attention_mask": mask}
-    if accepts(model, "use_cache"):
-        kwargs["use_cache"] = False
-    out = model(input_ids=ids, **kwargs)
+    out = call_without_cache(model, input_ids=ids, attention_mask=mask)
     logits = out.logits if hasattr(out, "logits") else out
     if not isinstance(logits, Tensor):
         raise TypeError(
@@ -200,10 +191,5 @@ def encode_corpus(tokenizer: Any, texts: Sequence[str]) -> tuple[Tensor, Tensor]
 def std_cache_path(model: nn.Module, ids: Tensor, mask: Tensor, cache_dir: str | Path) -> Path:
     """The σ_S cache file of :func:`~captum_perturb.next_token_state_std`: a key hashed
     from the model's weights and the tokenised corpus."""
-    from captum_perturb._utils.fingerprint import tensor_bytes, weights_hash
-
-    h = hashlib.sha256(weights_hash(model).encode())
-    for t in (ids, mask):
-        h.update(f"{tuple(t.shape)}".encode())
-        h.update(tensor_bytes(t))
-    return Path(cache_dir) / f"next-token-std-{h.hexdigest()[:20]}.pt"
+    key = cache_key(model, {"input_ids": ids, "attention_mask": mask})
+    return Path(cache_dir) / f"next-token-std-{key}.pt"
