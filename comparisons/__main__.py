@@ -49,7 +49,7 @@ def _model_path(name: str, state: str | int) -> tuple[Path | str, str | int]:
 
 def study(args: argparse.Namespace) -> int:
     """One process, or under ``torchrun`` one share per process, merged by rank 0."""
-    from captum_perturb._utils.distributed import process_group_from_env
+    from captum_perturb.distributed import process_group_from_env
 
     with process_group_from_env(backend="gloo") as (rank, world):  # the harness runs on CPU
         return _study(args, rank, world)
@@ -58,7 +58,7 @@ def study(args: argparse.Namespace) -> int:
 def _study(args: argparse.Namespace, rank: int, world: int) -> int:
     import torch
 
-    from captum_perturb._utils.distributed import all_succeeded, on_first, process_0_first
+    from captum_perturb.distributed import all_succeeded, on_first, process_0_first
     from comparisons.models.resources import data_dir, read_sentences
     from comparisons.models.text_model import TextModel
     from comparisons.study.run import StudyConfig, run_study
@@ -167,7 +167,7 @@ def methods(args: argparse.Namespace) -> int:
 def layers(args: argparse.Namespace) -> int:
     import torch
 
-    from captum_perturb._utils.distributed import process_0_first, process_group_from_env
+    from captum_perturb.distributed import process_0_first, process_group_from_env
     from comparisons.layers.run import default_threads, load_model, read_sentence_file, run_layers
     from comparisons.models.resources import data_dir, read_sentences
 

@@ -91,7 +91,7 @@ def test_draw_is_the_closed_form_with_its_twin_and_its_re_evaluation() -> None:
     n_fd = 16 // fp._GAMMA_EVERY
     v = 2.0 * torch.randint(0, 2, (n_fd, 3), generator=gen).to(F64) - 1.0
     q = q_by_hand(prob, u.expand(16, -1), z)
-    twin = q_by_hand(prob, u.expand(16, -1) + math.log(fp._LINEAR_SCALE), z)
+    twin = q_by_hand(prob, u.expand(16, -1) + math.log(fp.LINEAR_SCALE), z)
     moved = q_by_hand(prob, u.expand(n_fd, -1) + fp._GAMMA_STEP * v, z[:n_fd])
     assert torch.allclose(d.q, q, rtol=1e-4, atol=1e-6)
     assert torch.allclose(d.lin, twin, rtol=1e-4, atol=1e-6)
@@ -154,6 +154,12 @@ def test_pooling_forgets_the_burn_in_and_weighs_iteration_k_by_k(
     gain = (1 + 0.5 * d / a).clamp(0.25, 1.0)
     assert torch.allclose(est.std_error[0].to(F64), se_linear / gain, rtol=1e-5)
     assert not bool(est.converged[0])
+    # the draws' own reconstruction is 0 here, so the reported one is the local quadratic
+    # model's carry from the σ of iteration 2 (from c₂ alone) to the returned σ
+    u_old = prob.solve(c[1][None].float())[0].to(F64)
+    u_new = est.log_sigma[0].to(F64)
+    carry = (a * ((2 * u_new).exp() - (2 * u_old).exp())).sum()
+    assert torch.allclose(est.reconstruction[0].to(F64), carry, rtol=1e-4)
 
 
 def test_a_run_of_no_iterations_is_the_first_order_start() -> None:
@@ -227,3 +233,82 @@ def test_drop_twins_drops_exactly_the_examples_whose_twins_lose() -> None:
         assert torch.equal(sums[key][~expected], before[key][~expected])
     for key in ("n", "q", "qq"):
         assert torch.equal(sums[key], before[key])
+
+
+def curvature_by_hand(
+    s: dict[str, Tensor], a_lin: Tensor, a_lin_var: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The pooled curvature and the standard error of ½ log of it, from the sums: the
+    control variate with β = Cov(q, l) / (Var(l) + n_eff Var(a_lin)) kept in [0, 2], the
+    plain mean where that is not positive, variances over n_eff = (Σw)²/Σw² with the
+    small-sample factor 1/(1 - 1/n_eff)."""
+    n = s["n"]
+    n_eff = n**2 / s["w2"]
+    mq, ml = s["q"] / n, s["l"] / n
+    var_q = s["qq"] / n - mq**2
+    var_l = s["ll"] / n - ml**2
+    cov = s["ql"] / n - mq * ml
+    beta = (cov / (var_l + n_eff * a_lin_var)).clamp(0.0, 2.0)
+    a_cv = mq - beta * (ml - a_lin)
+    a = torch.where(a_cv > 0, a_cv, mq)
+    var = torch.where(a_cv > 0, (var_q - beta * cov) / n_eff, var_q / n_eff)
+    var = var / (1 - 1 / n_eff.clamp_min(2))
+    return a, 0.5 * var.sqrt() / a.abs()
+
+
+def test_curvature_against_its_definition_on_every_branch() -> None:
+    # four examples, one group each, with moments that put β inside [0, 2], above it,
+    # below it, and the control-variate estimate below zero
+    mq = torch.tensor([[2.0], [2.0], [2.0], [0.5]], dtype=F64)
+    ml = torch.tensor([[1.5], [1.0], [3.0], [3.0]], dtype=F64)
+    var_q = torch.tensor([[1.0], [4.0], [1.0], [1.0]], dtype=F64)
+    var_l = torch.tensor([[1.0], [0.5], [1.0], [1.0]], dtype=F64)
+    cov = torch.tensor([[0.6], [1.4], [-0.5], [0.9]], dtype=F64)
+    n = torch.full((4, 1), 48.0, dtype=F64)
+    sums = {
+        "n": n,
+        "w2": torch.full((4, 1), 80.0, dtype=F64),
+        "q": mq * n,
+        "l": ml * n,
+        "qq": (var_q + mq**2) * n,
+        "ll": (var_l + ml**2) * n,
+        "ql": (cov + mq * ml) * n,
+    }
+    a_lin = torch.tensor([[1.2], [1.0], [1.0], [1.0]])
+    a_lin_var = torch.tensor([[0.01], [0.0], [0.01], [0.0]])
+    a, se = fp._curvature(sums, torch.arange(4), a_lin, a_lin_var)
+    a_ref, se_ref = curvature_by_hand(sums, a_lin.to(F64), a_lin_var.to(F64))
+    assert torch.allclose(a, a_ref, rtol=1e-12) and torch.allclose(se, se_ref, rtol=1e-10)
+    beta_raw = cov / (var_l + n**2 / 80.0 * a_lin_var.to(F64))
+    assert 0 < beta_raw[0, 0] < 2 and beta_raw[1, 0] > 2 and beta_raw[2, 0] < 0
+    assert mq[3, 0] - min(float(beta_raw[3, 0]), 2.0) * (ml[3, 0] - a_lin[3, 0]) <= 0
+
+
+@pytest.mark.parametrize("slope", [-1.0, -3.0, 0.5])
+def test_the_standard_error_gain_is_kept_in_its_clamp(
+    monkeypatch: pytest.MonkeyPatch, slope: float
+) -> None:
+    """The re-evaluations' slope moves the standard error by 1/(1 + ½ Γ), Γ = slope/a (a the
+    pooled curvature, 4/3 to 8/3 here), kept in [1, 4] times the linear model's: slope -1
+    inside the clamp, -3 below it for the smaller curvatures, 0.5 above it."""
+    prob, _ = problem(linear)
+    c = [torch.full((3,), 2.0), torch.full((3,), 2.0), torch.tensor([1.0, 2.5, 3.0])]
+    fake = ConstantDraws(c, [torch.zeros(3), torch.full((3,), slope), torch.full((3,), slope)])
+    monkeypatch.setattr(fp, "_draw", fake)
+    cfg = FixedPointConfig(min_iter=3, max_iter=3, burn_in=1, control_variate="never", tol=1e-9)
+    est = fp.fixed_point(prob, cfg, torch.Generator().manual_seed(0), lambda: None)
+    plain = FixedPointConfig(min_iter=3, max_iter=3, burn_in=1, control_variate="never", tol=1e-9)
+    monkeypatch.setattr(fp, "_draw", ConstantDraws(c, [torch.zeros(3)] * 3))
+    flat = fp.fixed_point(prob, plain, torch.Generator().manual_seed(0), lambda: None)
+    # a = (1·2 + 2·c₃)/3 per group; Γ = slope / a
+    a = (2.0 + 2.0 * torch.tensor([1.0, 2.5, 3.0], dtype=F64)) / 3.0
+    gain = (1 + 0.5 * slope / a).clamp(0.25, 1.0)
+    ratio = flat.std_error[0].to(F64) / est.std_error[0].to(F64)
+    assert torch.allclose(ratio, gain, rtol=1e-5)
+
+
+def test_group_norm_is_the_rms_or_the_maximum_over_present_groups() -> None:
+    err = torch.tensor([[3.0, 4.0, 100.0], [2.0, 7.0, 9.0]])
+    present = torch.tensor([[True, True, False], [True, False, False]])
+    assert torch.allclose(fp.group_norm(err, present, "rms"), torch.tensor([12.5**0.5, 2.0]))
+    assert torch.equal(fp.group_norm(err, present, "max"), torch.tensor([4.0, 2.0]))

@@ -1111,7 +1111,7 @@ def test_shipped_std_is_used_for_matching_weights_only(
     import warnings
 
     import captum_perturb.layers.packaged_std as packaged_std
-    from captum_perturb.attr.plumbing import embedding_sigma_max
+    from captum_perturb.functional import embedding_sigma_max
 
     model, std, ids, mask = bert_setup
     model = copy.deepcopy(model)  # its weights are changed below

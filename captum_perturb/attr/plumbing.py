@@ -36,7 +36,7 @@ from captum_perturb.functional.estimate import (
     check_rate,
     estimate_sigma,
 )
-from captum_perturb.functional.moments import FALLBACK_LABEL
+from captum_perturb.functional.moments import FALLBACK_LABEL, embedding_sigma_max
 
 #: A state function for the site: (perturbed values, rows, explained-state reader) -> state
 SiteRun = Callable[[tuple[Tensor, ...], Tensor, Callable[[Callable[[], Any]], Tensor]], Tensor]
@@ -120,19 +120,6 @@ def padding_keep(
         else:
             keep.append(None)
     return tuple(keep)
-
-
-def embedding_sigma_max(weight: Tensor) -> float:
-    """The default σ_max for noise on embeddings: 10 × the std of the word-embedding matrix
-    (the authors' recommendation). The one place this rule lives.
-
-    Args:
-        weight: ``(V, D)`` the word-embedding matrix (any dtype, any device).
-
-    Returns:
-        ``10 * std`` over all its elements (float32 reduction), as a Python float.
-    """
-    return 10.0 * float(weight.detach().float().std())
 
 
 def default_sigma_max(site: Site, keep: tuple[Tensor | None, ...]) -> tuple[Tensor, str]:

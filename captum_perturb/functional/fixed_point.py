@@ -19,8 +19,8 @@ from captum_perturb.functional.problem import (
 )
 
 #: the scale h of the linearised twin draw (σ -> hσ); small enough to be linear,
-#: large enough for float32 differences of the state
-_LINEAR_SCALE = 1e-2
+#: large enough for float32 differences of the state (public: the variance probes use it)
+LINEAR_SCALE = 1e-2
 #: the step δ in log σ of the re-evaluations that measure how the curvature moves with σ;
 #: with random signs the O(δ) term of the one-sided difference vanishes in expectation
 _GAMMA_STEP = 0.1
@@ -67,7 +67,7 @@ def _draw(
     n_r, n_t, n_f = len(rows), len(t_rows), len(fd_rows)
     v = torch.randint(0, 2, (n_f, u.shape[1]), generator=gen, device=u.device).to(u.dtype)
     v = 2 * v - 1
-    u_all = torch.cat([u[rows], u[t_rows] + math.log(_LINEAR_SCALE), u[fd_rows] + _GAMMA_STEP * v])
+    u_all = torch.cat([u[rows], u[t_rows] + math.log(LINEAR_SCALE), u[fd_rows] + _GAMMA_STEP * v])
     grads, res = prob.sample_gradients(
         u_all,
         torch.cat([rows, t_rows, fd_rows]),

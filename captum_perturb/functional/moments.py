@@ -12,6 +12,20 @@ from torch import Tensor
 FALLBACK_LABEL = "mean square fallback"
 
 
+def embedding_sigma_max(weight: Tensor) -> float:
+    """The default σ_max for noise on embeddings: 10 × the std of the word-embedding matrix
+    (the authors' recommendation). The one place this rule lives; each entry point
+    passes its own embedding matrix.
+
+    Args:
+        weight: ``(V, D)`` the word-embedding matrix (any dtype, any device).
+
+    Returns:
+        ``10 * std`` over all its elements (float32 reduction), as a Python float.
+    """
+    return 10.0 * float(weight.detach().float().std())
+
+
 def state_moments(
     state: Tensor, attention_mask: Tensor | None, token_reduction: str
 ) -> tuple[Tensor, Tensor, Tensor]:

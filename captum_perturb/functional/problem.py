@@ -321,7 +321,13 @@ class Problem:
         return torch.minimum(u, smax.log()[:, None].expand_as(a))
 
     def spread(self, values: Tensor, rows: Tensor) -> tuple[Tensor, ...]:
+        """Each group's value ``(R, G)`` on every element of its group, per input."""
         return spread(values, self.flat, rows, self.shapes)
+
+    def collect(self, per_element: tuple[Tensor, ...], rows: Tensor) -> Tensor:
+        """Per-element values summed over each group, ``(R, G)``: the adjoint of
+        :meth:`spread`."""
+        return collect(per_element, self.flat, rows, self.n_groups)
 
     def draw(self, rows: Tensor, generator: torch.Generator | None) -> tuple[Tensor, ...]:
         """Standard normal noise for each input, one draw per row."""

@@ -49,12 +49,12 @@ from captum_perturb._utils.hf import call_without_cache
 from captum_perturb._utils.hooks import StopForwardError, first_tensor, run_until_captured
 from captum_perturb._utils.io import atomic_write
 from captum_perturb._utils.model_state import evaluation_mode
-from captum_perturb.attr.plumbing import embedding_sigma_max
 from captum_perturb.config import LAYERWISE, EstimatorConfig
 from captum_perturb.functional.diagnostics import warn_if_needed
 from captum_perturb.functional.estimate import estimate_sigma
 from captum_perturb.functional.moments import (
     FALLBACK_LABEL,
+    embedding_sigma_max,
     fallback_mean_square,
     state_moments,
     std_from_moments,

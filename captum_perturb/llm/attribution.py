@@ -21,7 +21,6 @@ from captum_perturb._utils.model_state import evaluation_mode
 from captum_perturb.attr.checks import working_dtype
 from captum_perturb.attr.features import dense_groups
 from captum_perturb.attr.layer_perturbation_entropy import LayerPerturbationEntropyAttribution
-from captum_perturb.attr.plumbing import embedding_sigma_max
 from captum_perturb.config import DEFAULT, EstimatorConfig
 from captum_perturb.functional.diagnostics import (
     check_score,
@@ -30,7 +29,7 @@ from captum_perturb.functional.diagnostics import (
     warn_if_needed,
 )
 from captum_perturb.functional.estimate import SigmaEstimate, check_rate, estimate_sigma
-from captum_perturb.functional.moments import FALLBACK_LABEL
+from captum_perturb.functional.moments import FALLBACK_LABEL, embedding_sigma_max
 from captum_perturb.layers.information import LayerInformation
 from captum_perturb.llm import common as _llm
 from captum_perturb.llm.result import LLMPerturbationEntropyResult

@@ -78,7 +78,6 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from captum_perturb import LayerPerturbationEntropyAttribution
-from captum_perturb.functional._groups import collect
 from captum_perturb.functional.problem import Problem, check_finite
 from comparisons.benchmarks.convergence import corpus_std, embeddings_of
 from comparisons.benchmarks.convergence import workloads as encoder_workloads
@@ -121,7 +120,7 @@ def output_projections(prob: Problem, n: int, k: int, gen: torch.Generator) -> T
 
 def group_sum(prob: Problem, per_element: Grads, rows: Tensor) -> Tensor:
     """Sum per-element values over each word, ``(R, G)`` in float64."""
-    return collect(tuple(t.to(F64) for t in per_element), prob.flat, rows, prob.n_groups)
+    return prob.collect(tuple(t.to(F64) for t in per_element), rows)
 
 
 def dot(a: Grads, b: Grads) -> Tensor:

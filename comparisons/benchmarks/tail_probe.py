@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 
 from captum_perturb import DEFAULT, LayerPerturbationEntropyAttribution
-from captum_perturb.functional.fixed_point import _LINEAR_SCALE
+from captum_perturb.functional.fixed_point import LINEAR_SCALE
 from captum_perturb.functional.problem import Problem
 from comparisons.benchmarks.convergence import corpus_std, embeddings_of
 from comparisons.benchmarks.stein_probe import (
@@ -182,7 +182,7 @@ def probe(name: str, spec: Any, sentences: list[str], corpus: list[str], args: A
         gen = torch.Generator().manual_seed(1 + i)
         z = prob.draw(torch.zeros(args.draws, dtype=torch.long), gen)
         q = curvature_samples(prob, u, z)
-        twin = curvature_samples(prob, u, z, math.log(_LINEAR_SCALE))
+        twin = curvature_samples(prob, u, z, math.log(LINEAR_SCALE))
         t = decision_push(prob, u, z)
         rho = torch.stack(
             [torch.corrcoef(torch.stack([q[:, g], twin[:, g]]))[0, 1] for g in range(q.shape[1])]

@@ -41,7 +41,7 @@ from torch import Tensor
 
 import captum_perturb.functional.estimate as estimate_module
 from captum_perturb import LayerPerturbationEntropyAttribution
-from captum_perturb.functional.fixed_point import _LINEAR_SCALE
+from captum_perturb.functional.fixed_point import LINEAR_SCALE
 from captum_perturb.functional.problem import Problem, SigmaEstimate
 from comparisons.benchmarks.convergence import corpus_std, embeddings_of, workloads
 from comparisons.models.resources import sst2_dev
@@ -97,7 +97,7 @@ def per_evaluation_variance(prob: Problem, u: Tensor, draws: int, seed: int) -> 
     z = prob.draw(torch.zeros(draws, dtype=torch.long), gen)
     q = curvature_samples(prob, u, z)
     q_minus = curvature_samples(prob, u, tuple(-t for t in z))
-    twin = curvature_samples(prob, u, z, math.log(_LINEAR_SCALE))
+    twin = curvature_samples(prob, u, z, math.log(LINEAR_SCALE))
     pair = (q + q_minus) / 2
     out = {
         "iid": q.var(0),

@@ -28,7 +28,7 @@ from captum_perturb import (
     layer_state_std,
     read_layer_information,
 )
-from captum_perturb._utils.distributed import rank_and_world
+from captum_perturb.distributed import rank_and_world
 from comparisons.layers.curves import bootstrap_curves, group_curves
 from comparisons.layers.groups import group_masks, token_groups, tokenizer_words
 from comparisons.layers.page import layers_html, model_folder, write_index

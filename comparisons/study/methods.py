@@ -273,7 +273,7 @@ class _Module(nn.Module):
 
 def _ours(ctx: MethodContext, variant: str, reference: bool = False) -> AttributeFn:
     from captum_perturb import REFERENCE, PerturbationEntropyAttribution
-    from captum_perturb.attr.plumbing import embedding_sigma_max
+    from captum_perturb.functional import embedding_sigma_max
 
     tm = ctx.model
     layer: nn.Module | None = None
@@ -392,7 +392,7 @@ def noise_sign(x: ExampleInputs, sigma_max: float, draws: int = SIGN_DRAWS) -> T
     f"word is drowned in σ_max noise ({SIGN_DRAWS} draws per word)",
 )
 def _ours_signed(ctx: MethodContext) -> AttributeFn:
-    from captum_perturb.attr.plumbing import embedding_sigma_max
+    from captum_perturb.functional import embedding_sigma_max
 
     unsigned = _ours(ctx, "logits" if ctx.model.is_classifier else "state")
     sigma_max = embedding_sigma_max(ctx.model.word_embeddings)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from captum_perturb._utils.distributed import is_shard
+from captum_perturb.distributed import is_shard
 from comparisons.models.text_model import Example, TextModel
 from comparisons.study.run import Study, StudyConfig
 from comparisons.study.store import RunStore, write_merged
