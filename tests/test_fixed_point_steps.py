@@ -107,15 +107,18 @@ class ConstantDraws:
     """Stands in for :func:`_draw`: in iteration ``k`` every draw's ``q`` is ``c[k]`` and
     every re-evaluation's slope ``dv`` is ``slope[k]`` (one per active example)."""
 
-    def __init__(self, c: list[Tensor], slope: list[Tensor]) -> None:
-        self.c, self.slope, self.calls = c, slope, 0
+    def __init__(self, c: list[Tensor], slope: list[Tensor], wobble: float = 0.0) -> None:
+        self.c, self.slope, self.calls, self.wobble = c, slope, 0, wobble
+        self.use_cv: list[Tensor] = []  # the twins asked for in each call
 
     def __call__(self, prob: Problem, u: Tensor, active: Tensor, use_cv: Tensor, cfg: Any,
                  gen: Any, burn_in: bool = False) -> fp._Draws:  # fmt: skip
         k = self.calls
         self.calls += 1
+        self.use_cv.append(use_cv.clone())
         rows = active.repeat(cfg.n_samples)
         q = self.c[k].to(F64).expand(len(rows), -1).clone()
+        q += self.wobble * (2 * (torch.arange(len(rows)) % 2) - 1).to(F64)[:, None]
         fd_rows = rows[: len(active)]
         dv = self.slope[k].to(F64).expand(len(fd_rows), -1).clone()
         zero = torch.zeros(len(rows), dtype=u.dtype)
@@ -312,3 +315,72 @@ def test_group_norm_is_the_rms_or_the_maximum_over_present_groups() -> None:
     present = torch.tensor([[True, True, False], [True, False, False]])
     assert torch.allclose(fp.group_norm(err, present, "rms"), torch.tensor([12.5**0.5, 2.0]))
     assert torch.equal(fp.group_norm(err, present, "max"), torch.tensor([4.0, 2.0]))
+
+
+@pytest.mark.parametrize("control_variate", ["auto", "always", "never"])
+def test_auto_drops_the_twins_that_lose_after_the_first_iteration_only(
+    monkeypatch: pytest.MonkeyPatch, control_variate: str
+) -> None:
+    """Eight outputs and eight projections: the first-order value is exact, so ``"auto"``
+    tries the twins in iteration 1; twins uncorrelated with the draws lose, and from
+    iteration 2 on none is drawn. ``"always"`` and ``"never"`` do not change."""
+    prob, _ = problem(linear)
+    c = [torch.tensor([2.0, 3.0, 5.0])] * 3
+    fake = ConstantDraws(c, [torch.zeros(3)] * 3, wobble=0.5)
+    monkeypatch.setattr(fp, "_draw", fake)
+    cfg = FixedPointConfig(
+        min_iter=3,
+        max_iter=3,
+        tol=1e-9,
+        control_variate=control_variate,  # type: ignore[arg-type]
+    )
+    fp.fixed_point(prob, cfg, torch.Generator().manual_seed(0), lambda: None)
+    asked = [bool(u[0]) for u in fake.use_cv]
+    expected = {"auto": [True, False, False], "always": [True] * 3, "never": [False] * 3}
+    assert asked == expected[control_variate]
+
+
+def test_the_gain_skips_groups_at_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group whose curvature puts it at σ_max keeps the linear model's standard error
+    (that of log σ*): the re-evaluations' gain is for groups inside the bound."""
+    prob, _ = problem(linear)
+    c = [torch.full((3,), 2.0), torch.tensor([2.0, 2.0, 1e-8]), torch.tensor([1.0, 2.5, 2e-8])]
+    runs = []
+    for slope in (-1.0, 0.0):
+        monkeypatch.setattr(fp, "_draw", ConstantDraws(c, [torch.full((3,), slope)] * 3))
+        cfg = FixedPointConfig(min_iter=3, max_iter=3, control_variate="never", tol=1e-9)
+        runs.append(fp.fixed_point(prob, cfg, torch.Generator().manual_seed(0), lambda: None))
+    assert bool(runs[0].saturated[0, 2]) and not bool(runs[0].saturated[0, :2].any())
+    ratio = runs[1].std_error[0] / runs[0].std_error[0]
+    assert float(ratio[0]) < 0.99 and float(ratio[1]) < 0.99  # inside: the gain
+    assert float(ratio[2]) == pytest.approx(1.0, rel=1e-6)  # at the bound: none
+
+
+def test_no_effect_is_a_zero_first_order_value_and_no_draw_ever_moving_the_state(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Group 2 has no first-order effect (its weight is 0): it is reported without effect
+    only if no draw ever moved the state through it — here one draw of the burn-in did.
+    Group 1 has a first-order effect but its draws never move anything: it has effect."""
+
+    def phi(inputs: tuple[Tensor, ...], rows: Tensor) -> Tensor:
+        return torch.einsum("i,rid->rd", torch.tensor([1.0, 2.0, 0.0]), inputs[0])
+
+    prob, _ = problem(phi)
+    ones = torch.tensor([1.0, 0.0, 0.0])
+
+    class OneMovingDraw(ConstantDraws):
+        def __call__(self, *args: Any, **kwargs: Any) -> fp._Draws:
+            first = self.calls == 0
+            d = super().__call__(*args, **kwargs)
+            if first:
+                d.q[0, 2] = 0.5  # one draw of iteration 1 moves the state through group 2
+            return d
+
+    monkeypatch.setattr(fp, "_draw", OneMovingDraw([ones] * 3, [torch.zeros(3)] * 3))
+    cfg = FixedPointConfig(min_iter=3, max_iter=3, control_variate="never", tol=1e-9)
+    est = fp.fixed_point(prob, cfg, torch.Generator().manual_seed(0), lambda: None)
+    assert est.no_effect[0].tolist() == [False, False, False]
+    monkeypatch.setattr(fp, "_draw", ConstantDraws([ones] * 3, [torch.zeros(3)] * 3))
+    est = fp.fixed_point(prob, cfg, torch.Generator().manual_seed(0), lambda: None)
+    assert est.no_effect[0].tolist() == [False, False, True]

@@ -13,7 +13,7 @@
 # an edit) 67 min on a machine busy with other work. A killed mutant costs ~2 s, a surviving
 # one the whole selection (~15 s). Results of 2026-12-06: _groups 122 killed / 13 survived,
 # problem 487 / 100 (42 not checked), fixed_point 650 / 126 (83.8 %), before
-# tests/test_fixed_point_steps.py, which kills 35 of fixed_point's result-changing survivors
+# tests/test_fixed_point_steps.py, which kills 46 of fixed_point's result-changing survivors
 # (checked by applying each by hand).
 # This is a benchmark-style script to run by hand, not a CI stage.
 #
