@@ -50,13 +50,13 @@ def problem(phi: Any = quadratic, batch: int = 1, **kwargs: Any) -> tuple[Proble
     """The Problem of a (batch, 3, 8) input, one group per row of 8, and the estimate."""
     x = 0.3 * torch.randn(batch, 3, 8, generator=torch.Generator().manual_seed(0))
     groups = (torch.arange(3).view(1, 3, 1).expand(batch, 3, 8),)
+    kwargs.setdefault("state_std", torch.ones(8))
     with captured_problem() as box:
         estimate_sigma(
             phi,
             (x,),
             groups,
             sigma_max=10.0,
-            state_std=torch.ones(8),
             generator=torch.Generator().manual_seed(1),
             **kwargs,
         )
@@ -384,3 +384,21 @@ def test_no_effect_is_a_zero_first_order_value_and_no_draw_ever_moving_the_state
     monkeypatch.setattr(fp, "_draw", ConstantDraws([ones] * 3, [torch.zeros(3)] * 3))
     est = fp.fixed_point(prob, cfg, torch.Generator().manual_seed(0), lambda: None)
     assert est.no_effect[0].tolist() == [False, False, True]
+
+
+def test_jacobian_norms_and_their_variance_from_random_projections() -> None:
+    """Four orthonormal projections of an 8-element linear state (not exact): each gives
+    :math:`W_g^2\\sum_d p_d^2 w_d` for group g; the estimate is their mean and its variance
+    the sample variance over projections divided by their number."""
+    prob, _ = problem(linear, state_std=torch.linspace(0.5, 2.0, 8))  # unequal weights
+    a, var = prob.jacobian_norms(4, torch.Generator().manual_seed(7))
+    gauss = torch.randn((1, 8, 4), generator=torch.Generator().manual_seed(7))
+    p = torch.linalg.qr(gauss).Q[0].T.to(F64) * math.sqrt(8)  # (4 projections, 8)
+    per = (W.to(F64) ** 2)[None, :] * (p**2 * prob.weight[0].to(F64)).sum(1)[:, None]
+    assert torch.allclose(a[0].to(F64), per.mean(0), rtol=1e-5)
+    assert torch.allclose(var[0].to(F64), per.var(0) / 4, rtol=1e-4)
+    assert bool((var > 1e-3 * a.square()).all())  # the projections disagree: a real check
+    exact, zero = prob.jacobian_norms(8, None)  # the standard basis: exact, no variance
+    true = (W.to(F64) ** 2) * prob.weight[0].to(F64).sum()  # ‖√w ∂Φ/∂x_g‖² = W_g² Σ_d w_d
+    assert torch.allclose(exact[0].to(F64), true, rtol=1e-5)
+    assert bool((zero == 0).all())
