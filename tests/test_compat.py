@@ -13,7 +13,8 @@ import captum
 import torch
 from llm_models import causal_lm, tokenizer
 
-from captum_perturb import LLMPerturbationEntropyAttribution, _compat
+from captum_perturb import LLMPerturbationEntropyAttribution
+from captum_perturb._utils import compat as _compat
 
 
 def test_captum_version_is_in_the_supported_range() -> None:
