@@ -51,7 +51,7 @@ from captum_perturb._utils.io import atomic_write
 from captum_perturb._utils.model_state import evaluation_mode
 from captum_perturb.config import LAYERWISE, EstimatorConfig
 from captum_perturb.functional.diagnostics import warn_if_needed
-from captum_perturb.functional.estimate import estimate_sigma
+from captum_perturb.functional.estimate import StateFn, estimate_sigma
 from captum_perturb.functional.moments import (
     FALLBACK_LABEL,
     embedding_sigma_max,
@@ -609,8 +609,7 @@ def explain_layers(
             # the embedding output (where the noise goes) comes with every pass
             clean = _layer_states(model, blocks, sorted({0, *chosen}), ids, mask, side)
         x0 = clean[0]
-        dim = x0.shape[-1]
-        dtype = x0.dtype
+        dim, dtype = x0.shape[-1], x0.dtype
         # one "example" of the estimator per sentence × layer
         ex_sent = torch.arange(n_sent, device=device).repeat_interleave(n_lay)
         ex_layer = torch.tensor(chosen, device=device).repeat(n_sent)
@@ -620,66 +619,12 @@ def explain_layers(
         positions = torch.arange(n_tok, device=device).expand(n_sent, n_tok)
         token_group = torch.where(perturbed, positions, torch.full_like(positions, -1))
         groups = token_group[ex_sent].unsqueeze(-1).expand(-1, -1, dim).contiguous()
-        # σ_S per layer, folded into the state: Φ_l / σ_S,l (0 where σ_S is inf)
-        normaliser: dict[int, str] = {}
-        inv = torch.zeros(len(ex_sent), 1, dim, dtype=dtype, device=device)
-        out_mask = counted[ex_sent].unsqueeze(-1).to(dtype).expand(-1, -1, dim).clone()
-        for k in chosen:
-            rows = torch.nonzero(ex_layer == k).flatten()
-            std = None if state_std is None else state_std.get(k)
-            if std is not None:
-                std = torch.as_tensor(std, dtype=dtype, device=device).reshape(-1)
-                if std.numel() != dim:
-                    raise ValueError(
-                        f"state_std[{k}] has {std.numel()} elements; layer {k}'s token "
-                        f"states have {dim} (use layer_state_std on the same model)"
-                    )
-                finite = torch.isfinite(std)
-                inv[rows, 0] = torch.where(finite, 1.0 / std, torch.zeros_like(std))
-                out_mask[rows] = out_mask[rows] * finite.to(dtype)
-                normaliser[k] = given
-            else:
-                mean_sq = fallback_mean_square(clean[k], counted.unsqueeze(-1))
-                inv[rows, 0] = mean_sq.rsqrt().unsqueeze(-1).expand(-1, dim).to(dtype)
-                normaliser[k] = FALLBACK_LABEL
-        missing = [k for k, v in normaliser.items() if v == FALLBACK_LABEL]
-        if missing:
-            warnings.warn(
-                f"no state_std for layers {missing}: dividing by mean(Φ(x)²) of each sentence "
-                "(the reference code's fallback). Each sentence and layer is then measured "
-                "on its own scale, so nats kept are not comparable across layers, sentences "
-                "or models (the depth profile and which words rank highest change). Pass "
-                "state_std=layer_state_std(model, tokenizer(corpus, return_tensors='pt', "
-                "padding=True)) with a few thousand sentences of your domain to put them on "
-                "one scale",
-                UserWarning,
-                stacklevel=2,
-            )
-
-        def state_fn(values: tuple[Tensor, ...], rows: Tensor) -> Tensor:
-            noisy = values[0]
-            lay = ex_layer[rows]
-            out = torch.zeros_like(noisy)
-            zero = lay == 0
-            if bool(zero.any()):
-                out = out.index_put((torch.nonzero(zero).flatten(),), noisy[zero])
-            deep = torch.nonzero(~zero).flatten()
-            if len(deep):
-                sent = ex_sent[rows[deep]]
-                sink: dict[int, Tensor] = {}
-                part_side = {k: v[sent] for k, v in side.items()}
-                with staircase(blocks, noisy[deep], lay[deep], sink):
-                    run_until_captured(lambda: _call(model, ids[sent], mask[sent], part_side))
-                for k, states in sink.items():
-                    where = deep[lay[deep] == k]
-                    out = out.index_put((where,), states.to(out.dtype))
-            return out * inv[rows]
-
-        if sigma_max is None:
-            word = model.get_input_embeddings()  # type: ignore[operator]
-            smax, source = embedding_sigma_max(word.weight), "word embeddings"
-        else:
-            smax, source = float(sigma_max), "given"
+        inv, std_mask, normaliser = _layer_scales(
+            chosen, state_std, given, clean, counted, ex_layer
+        )
+        out_mask = counted[ex_sent].unsqueeze(-1).to(dtype).expand(-1, -1, dim) * std_mask
+        state_fn = _staircase_state(model, blocks, ids, mask, side, ex_sent, ex_layer, inv)
+        smax, source = _default_sigma_max(model, sigma_max)
         estimate = estimate_sigma(
             state_fn,
             (x0[ex_sent].detach(),),
@@ -704,24 +649,13 @@ def explain_layers(
         stacklevel=2,
         internal_batch_size=batch_size,
     )
-
-    def grid(t: Tensor) -> Tensor:
-        full = torch.full((len(ex_sent), n_tok), float("nan"), dtype=t.dtype, device=t.device)
-        full[:, : t.shape[1]] = t
-        return full.reshape(n_sent, n_lay, n_tok).cpu()
-
-    rows_ids = ids.cpu().tolist()
-    if tokenizer is not None:
-        tokens = [list(tokenizer.convert_ids_to_tokens(row)) for row in rows_ids]
-    else:
-        tokens = [[str(i) for i in row] for row in rows_ids]
     return LayerInformation(
         layers=chosen,
-        tokens=tokens,
-        sigma=grid(estimate.sigma),
-        entropy=grid(estimate.entropy),
-        nats_kept=grid(estimate.information),
-        std_error=grid(estimate.std_error),
+        tokens=_token_strings(ids, tokenizer),
+        sigma=_grid(estimate.sigma, n_sent, n_lay, n_tok),
+        entropy=_grid(estimate.entropy, n_sent, n_lay, n_tok),
+        nats_kept=_grid(estimate.information, n_sent, n_lay, n_tok),
+        std_error=_grid(estimate.std_error, n_sent, n_lay, n_tok),
         converged=estimate.converged.reshape(n_sent, n_lay).cpu(),
         mask=real.cpu(),
         special=(special if special is not None else torch.zeros_like(real)).cpu(),
@@ -732,3 +666,113 @@ def explain_layers(
         dim=dim,
         evaluations=estimate.evaluations.reshape(n_sent, n_lay).cpu(),
     )
+
+
+def _layer_scales(
+    chosen: Sequence[int],
+    state_std: Mapping[int, Any] | None,
+    given: str,
+    clean: Mapping[int, Tensor],
+    counted: Tensor,
+    ex_layer: Tensor,
+) -> tuple[Tensor, Tensor, dict[int, str]]:
+    """σ_S of each layer folded into its state, Φ_l / σ_S,l: per example (sentence ×
+    layer) the ``(E, 1, D)`` factor 1/σ_S (0 where σ_S is inf), the ``(E, 1, D)`` mask of
+    elements counted in the loss (not the constant ones), and what normalised each layer
+    (``given``, or the mean-square fallback, with one warning naming the layers)."""
+    x0 = clean[0]
+    dim, dtype, device = x0.shape[-1], x0.dtype, x0.device
+    normaliser: dict[int, str] = {}
+    inv = torch.zeros(len(ex_layer), 1, dim, dtype=dtype, device=device)
+    keep = torch.ones(len(ex_layer), 1, dim, dtype=dtype, device=device)
+    for k in chosen:
+        rows = torch.nonzero(ex_layer == k).flatten()
+        std = None if state_std is None else state_std.get(k)
+        if std is not None:
+            std = torch.as_tensor(std, dtype=dtype, device=device).reshape(-1)
+            if std.numel() != dim:
+                raise ValueError(
+                    f"state_std[{k}] has {std.numel()} elements; layer {k}'s token "
+                    f"states have {dim} (use layer_state_std on the same model)"
+                )
+            finite = torch.isfinite(std)
+            inv[rows, 0] = torch.where(finite, 1.0 / std, torch.zeros_like(std))
+            keep[rows, 0] = finite.to(dtype)
+            normaliser[k] = given
+        else:
+            mean_sq = fallback_mean_square(clean[k], counted.unsqueeze(-1))
+            inv[rows, 0] = mean_sq.rsqrt().unsqueeze(-1).expand(-1, dim).to(dtype)
+            normaliser[k] = FALLBACK_LABEL
+    missing = [k for k, v in normaliser.items() if v == FALLBACK_LABEL]
+    if missing:
+        warnings.warn(
+            f"no state_std for layers {missing}: dividing by mean(Φ(x)²) of each sentence "
+            "(the reference code's fallback). Each sentence and layer is then measured "
+            "on its own scale, so nats kept are not comparable across layers, sentences "
+            "or models (the depth profile and which words rank highest change). Pass "
+            "state_std=layer_state_std(model, tokenizer(corpus, return_tensors='pt', "
+            "padding=True)) with a few thousand sentences of your domain to put them on "
+            "one scale",
+            UserWarning,
+            stacklevel=3,
+        )
+    return inv, keep, normaliser
+
+
+def _staircase_state(
+    model: nn.Module,
+    blocks: Sequence[nn.Module],
+    ids: Tensor,
+    mask: Tensor,
+    side: Mapping[str, Tensor],
+    ex_sent: Tensor,
+    ex_layer: Tensor,
+    inv: Tensor,
+) -> StateFn:
+    """The estimator's state function: each copy's noisy embedding output run up to its
+    layer (one staircase of blocks for copies of several layers), scaled by 1/σ_S."""
+
+    def state_fn(values: tuple[Tensor, ...], rows: Tensor) -> Tensor:
+        noisy = values[0]
+        lay = ex_layer[rows]
+        out = torch.zeros_like(noisy)
+        zero = lay == 0
+        if bool(zero.any()):
+            out = out.index_put((torch.nonzero(zero).flatten(),), noisy[zero])
+        deep = torch.nonzero(~zero).flatten()
+        if len(deep):
+            sent = ex_sent[rows[deep]]
+            sink: dict[int, Tensor] = {}
+            part_side = {k: v[sent] for k, v in side.items()}
+            with staircase(blocks, noisy[deep], lay[deep], sink):
+                run_until_captured(lambda: _call(model, ids[sent], mask[sent], part_side))
+            for k, states in sink.items():
+                where = deep[lay[deep] == k]
+                out = out.index_put((where,), states.to(out.dtype))
+        return out * inv[rows]
+
+    return state_fn
+
+
+def _default_sigma_max(model: nn.Module, sigma_max: float | None) -> tuple[float, str]:
+    """σ_max and where it came from: 10 × the std of the word embeddings, or given."""
+    if sigma_max is not None:
+        return float(sigma_max), "given"
+    word = model.get_input_embeddings()  # type: ignore[operator]
+    return embedding_sigma_max(word.weight), "word embeddings"
+
+
+def _grid(t: Tensor, n_sent: int, n_lay: int, n_tok: int) -> Tensor:
+    """Per-example values ``(sentences × layers, tokens')`` as ``(sentences, layers,
+    tokens)`` on the CPU, NaN past each example's groups."""
+    full = torch.full((n_sent * n_lay, n_tok), float("nan"), dtype=t.dtype, device=t.device)
+    full[:, : t.shape[1]] = t
+    return full.reshape(n_sent, n_lay, n_tok).cpu()
+
+
+def _token_strings(ids: Tensor, tokenizer: Any) -> list[list[str]]:
+    """Each sentence's tokens as the tokenizer writes them (else the ids as strings)."""
+    rows = ids.cpu().tolist()
+    if tokenizer is not None:
+        return [list(tokenizer.convert_ids_to_tokens(row)) for row in rows]
+    return [[str(i) for i in row] for row in rows]
