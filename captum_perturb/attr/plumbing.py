@@ -7,7 +7,7 @@ is the same for both classes and lives here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,61 +170,21 @@ def explain(
     desc: str,
     score: str = "channel",
 ) -> PerturbationEntropyResult:
-    """The shared body of ``explain``/``attribute`` for both classes."""
+    """The shared body of ``explain``/``attribute`` for both classes: check the call, find
+    the perturbed values (``site_factory``), run the estimator on the explained state, and
+    put its scores back on the inputs' elements."""
     tuple_inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     args = format_additional_forward_args(additional_forward_args)
-    batch = check_batch(tuple_inputs, args)
-    check_rate(rate)
-    check_score(score)
     modules = modules_of(forward_func, extra=() if state_layer is None else (state_layer,))
-    check_devices(tuple_inputs, args, modules)
-    # under NoiseTunnel / sensitivity_max the mask may come un-expanded (see there)
-    attention_mask = match_attention_mask(attention_mask, batch, args)
-    if (
-        isinstance(target, (list, Tensor))
-        and not (isinstance(target, Tensor) and target.numel() == 1)
-        and len(target) != batch
-    ):
-        raise ValueError(
-            f"target has {len(target)} entries for a batch of {batch}: give one target per "
-            "example, or an int / tuple that applies to all"
-        )
-    if internal_batch_size is not None and internal_batch_size < 1:
-        raise ValueError(
-            f"internal_batch_size must be a positive int or None, got {internal_batch_size}"
-        )
+    batch, attention_mask = check_call(
+        tuple_inputs, args, modules, target, attention_mask, rate, score, internal_batch_size
+    )
 
     def call_model(model_inputs: tuple[Any, ...], rows: Tensor) -> Any:
         return forward_func(*model_inputs, *index_args(args, rows))
 
-    def state_of(run: Callable[[], Any], rows: Tensor) -> Tensor:
-        if state_layer is None:
-            out = run()
-            if not isinstance(out, Tensor):
-                raise TypeError(
-                    f"forward_func returned a {type(out).__name__}; it must return a tensor "
-                    "(e.g. lambda ids, mask: model(ids, attention_mask=mask).logits), or "
-                    "pass the module to explain"
-                )
-        else:
-            out = captured_value(
-                state_layer,
-                run,
-                what="the explained layer",
-                fix=NOT_CALLED + " (a deep copy of it, as captum.metrics.sensitivity_max makes "
-                "of its keyword arguments, never runs: pass layer by name there, e.g. "
-                "layer='encoder.layer.2')",
-            )
-        if callable(target):
-            return select_callable(target, out)
-        try:
-            return select_targets(out, target_rows(target, rows))
-        except (IndexError, RuntimeError, AssertionError, ValueError) as err:
-            raise ValueError(
-                f"target {target!r} does not select from the explained state of shape "
-                f"{tuple(out.shape)}: {err}. Use None (the whole state), an int or tuple "
-                "index valid for every example, or one per example (list or 1-D tensor)"
-            ) from err
+    state_of = target_state(state_layer, target)
+    output_mask = padding_output_mask(attention_mask)
 
     with evaluation_mode(modules), torch.no_grad():
         site = site_factory(tuple_inputs, batch, call_model)
@@ -237,13 +197,6 @@ def explain(
 
         def state_fn(perturbed: tuple[Tensor, ...], rows: Tensor) -> Tensor:
             return site.run(perturbed, rows, lambda run: state_of(run, rows))
-
-        def output_mask(state: Tensor) -> Tensor | None:
-            # padded positions of a (B, T, ...) state are not counted in the loss
-            if attention_mask is None or state.dim() < 2 or state.shape[:2] != attention_mask.shape:
-                return None
-            m = attention_mask.to(state.device).bool()
-            return m.reshape(*m.shape, *([1] * (state.dim() - 2)))
 
         fn: StateFn = state_fn
         cfg = DEFAULT if config is None else config
@@ -279,6 +232,97 @@ def explain(
         normaliser=FALLBACK_LABEL if state_std is None else "state_std",
         score=score,
     )
+
+
+def check_call(
+    inputs: tuple[Any, ...],
+    args: tuple[Any, ...] | None,
+    modules: Sequence[nn.Module],
+    target: Any,
+    attention_mask: Tensor | None,
+    rate: float,
+    score: str,
+    internal_batch_size: int | None,
+) -> tuple[int, Tensor | None]:
+    """Check the arguments of a call before any work: the batch size, and the attention
+    mask matched to it (under NoiseTunnel / sensitivity_max it may come un-expanded).
+
+    Raises:
+        ValueError: an inconsistent batch, rate, score, target length or batch size.
+    """
+    batch = check_batch(inputs, args)
+    check_rate(rate)
+    check_score(score)
+    check_devices(inputs, args, modules)
+    attention_mask = match_attention_mask(attention_mask, batch, args)
+    if (
+        isinstance(target, (list, Tensor))
+        and not (isinstance(target, Tensor) and target.numel() == 1)
+        and len(target) != batch
+    ):
+        raise ValueError(
+            f"target has {len(target)} entries for a batch of {batch}: give one target per "
+            "example, or an int / tuple that applies to all"
+        )
+    if internal_batch_size is not None and internal_batch_size < 1:
+        raise ValueError(
+            f"internal_batch_size must be a positive int or None, got {internal_batch_size}"
+        )
+    return batch, attention_mask
+
+
+def target_state(
+    state_layer: nn.Module | None, target: Any
+) -> Callable[[Callable[[], Any], Tensor], Tensor]:
+    """``state_of(run, rows)``: the explained state of one forward pass ``run`` — its output,
+    or ``state_layer``'s output (the pass cut short there) — with ``target`` selected for
+    the examples ``rows``."""
+
+    def state_of(run: Callable[[], Any], rows: Tensor) -> Tensor:
+        if state_layer is None:
+            out = run()
+            if not isinstance(out, Tensor):
+                raise TypeError(
+                    f"forward_func returned a {type(out).__name__}; it must return a tensor "
+                    "(e.g. lambda ids, mask: model(ids, attention_mask=mask).logits), or "
+                    "pass the module to explain"
+                )
+        else:
+            out = captured_value(
+                state_layer,
+                run,
+                what="the explained layer",
+                fix=NOT_CALLED + " (a deep copy of it, as captum.metrics.sensitivity_max makes "
+                "of its keyword arguments, never runs: pass layer by name there, e.g. "
+                "layer='encoder.layer.2')",
+            )
+        if callable(target):
+            return select_callable(target, out)
+        try:
+            return select_targets(out, target_rows(target, rows))
+        except (IndexError, RuntimeError, AssertionError, ValueError) as err:
+            raise ValueError(
+                f"target {target!r} does not select from the explained state of shape "
+                f"{tuple(out.shape)}: {err}. Use None (the whole state), an int or tuple "
+                "index valid for every example, or one per example (list or 1-D tensor)"
+            ) from err
+
+    return state_of
+
+
+def padding_output_mask(
+    attention_mask: Tensor | None,
+) -> Callable[[Tensor], Tensor | None]:
+    """The estimator's ``output_mask``: padded positions of a ``(B, T, ...)`` state are not
+    counted in the loss (None for other states, or without a mask)."""
+
+    def output_mask(state: Tensor) -> Tensor | None:
+        if attention_mask is None or state.dim() < 2 or state.shape[:2] != attention_mask.shape:
+            return None
+        m = attention_mask.to(state.device).bool()
+        return m.reshape(*m.shape, *([1] * (state.dim() - 2)))
+
+    return output_mask
 
 
 def site_groups(
