@@ -153,14 +153,7 @@ def fixed_point(
         a_bar64, se_lin = _curvature(sums, active, a_lin, a_lin_var)
         a_bar = a_bar64.to(u.dtype)
         u_old = u[active]
-        # a group the draws did move but whose curvature estimate is not positive yet is
-        # not known at all: it stays where it is and the next draws are pooled with these
-        # (jumping to σ_max on such noise lands where a group's signal is weakest)
-        unknown = prob.present[active] & touched[active] & (a_bar64 <= 0)
-        free = prob.solve(a_bar, active, clamp=False)
-        free = torch.where(unknown, u_free[active], free)
-        target = torch.minimum(free, log_max[active].expand_as(free))
-        target = torch.where(unknown, u_old, target)
+        unknown, free, target = _step(prob, a_bar64, active, touched, u_free, u_old)
         u_new = u_old + cfg.damping * (target - u_old)
         interior = ~unknown & (target < log_max[active] - _AT_BOUND)
         se = _fixed_point_std_error(sums, active, a_bar64, se_lin, interior).to(u.dtype)
@@ -191,6 +184,30 @@ def fixed_point(
     return prob.finish(
         u, std_error, reconstruction, converged, n_iter, log_sigma_free=u_free, no_effect=no_effect
     )
+
+
+def _step(
+    prob: Problem,
+    a_bar64: Tensor,
+    active: Tensor,
+    touched: Tensor,
+    u_free: Tensor,
+    u_old: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The fixed-point step from the pooled curvature: which groups are still unknown, the
+    unbounded log σ* and the target log σ (clamped at σ_max), each ``(E, G)``.
+
+    A group the draws did move but whose curvature estimate is not positive yet is not
+    known at all: it stays where it is and the next draws are pooled with these (jumping
+    to σ_max on such noise lands where a group's signal is weakest).
+    """
+    log_max = prob.sigma_max.log()[active, None]
+    unknown = prob.present[active] & touched[active] & (a_bar64 <= 0)
+    free = prob.solve(a_bar64.to(u_old.dtype), active, clamp=False)
+    free = torch.where(unknown, u_free[active], free)
+    target = torch.minimum(free, log_max.expand_as(free))
+    target = torch.where(unknown, u_old, target)
+    return unknown, free, target
 
 
 def _drop_twins(
