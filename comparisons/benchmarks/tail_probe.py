@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import warnings
 from dataclasses import replace
 from typing import Any
 
@@ -60,7 +59,7 @@ from comparisons.benchmarks.stein_probe import (
     load_specs,
     pick_sentences,
 )
-from comparisons.benchmarks.variance_probe import captured_problem, curvature_samples
+from comparisons.benchmarks.variance_probe import curvature_samples, explain_one
 
 #: iterations after which the ranking is read: 53 and 107 evaluations per sentence (about
 #: LIG(50)'s cost and twice it), 593 and 1,169
@@ -112,22 +111,16 @@ def reuse_ess(u_old: Tensor, u_new: Tensor, sizes: Tensor) -> float:
 
 
 def run_default(
-    lpe: LayerPerturbationEntropyAttribution, one: Any, std: Tensor, iters: int | None = None
-) -> dict[str, Any]:
-    """The :class:`Problem` and estimate of the default (stopped after ``iters`` iterations
-    when given: the first ``iters`` of the same seeded run)."""
+    lpe: LayerPerturbationEntropyAttribution,
+    tok: Any,
+    sentence: str,
+    std: Tensor,
+    iters: int | None = None,
+) -> tuple[Problem, Any]:
+    """The :class:`Problem` and estimate of the default on one sentence (stopped after
+    ``iters`` iterations when given: the first ``iters`` of the same seeded run)."""
     cfg = DEFAULT if iters is None else replace(DEFAULT, max_iter=iters, min_iter=iters)
-    with captured_problem() as box, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        lpe.explain(
-            one["input_ids"],
-            additional_forward_args=(one["attention_mask"],),
-            attention_mask=one["attention_mask"],
-            state_std=std,
-            config=cfg,
-            seed=0,
-        )
-    return box
+    return explain_one(lpe, tok, sentence, None, std, cfg)
 
 
 def misplaced(s: Tensor, se: Tensor, top: int) -> float:
@@ -141,11 +134,11 @@ def misplaced(s: Tensor, se: Tensor, top: int) -> float:
 
 
 def ranking_at(
-    lpe: LayerPerturbationEntropyAttribution, one: Any, std: Tensor, iters: int
+    lpe: LayerPerturbationEntropyAttribution, tok: Any, sentence: str, std: Tensor, iters: int
 ) -> dict[str, Any]:
     """The default stopped after ``iters`` iterations: its evaluations, scores, the
     predicted misordered-pair fraction D and the top-1 / top-3 union bounds."""
-    est = run_default(lpe, one, std, iters)["est"]
+    _, est = run_default(lpe, tok, sentence, std, iters)
     keep = est.group_size[0] > 0
     s, se = est.score[0][keep].double(), est.score_std_error[0][keep].double()
     z = (s[:, None] - s[None]).abs() / (se[:, None].square() + se[None].square()).sqrt()
@@ -171,14 +164,12 @@ def probe(name: str, spec: Any, sentences: list[str], corpus: list[str], args: A
     std = corpus_std(spec, corpus)
     lpe = LayerPerturbationEntropyAttribution(forward, embeddings_of(model))
     for i, sentence in enumerate(sentences):
-        one = tok([sentence], return_tensors="pt")
-        run = run_default(lpe, one, std)
-        prob, est = run["prob"], run["est"]
+        prob, est = run_default(lpe, tok, sentence, std)
         n = est.n_iter
         evaluations = int(est.evaluations[0])  # before the probe's own draws add to the count
         keep = prob.present[0]
         u = est.log_sigma.nan_to_num(0.0)
-        u_prev = run_default(lpe, one, std, n - 1)["est"].log_sigma.nan_to_num(0.0)
+        u_prev = run_default(lpe, tok, sentence, std, n - 1)[1].log_sigma.nan_to_num(0.0)
         gen = torch.Generator().manual_seed(1 + i)
         z = prob.draw(torch.zeros(args.draws, dtype=torch.long), gen)
         q = curvature_samples(prob, u, z)
@@ -203,7 +194,7 @@ def probe(name: str, spec: Any, sentences: list[str], corpus: list[str], args: A
             f" | {cells} | reuse ESS per draw {ess:.2g} | sd(t) {float(t.std()):.2f}",
             flush=True,
         )
-        runs = {k: ranking_at(lpe, one, std, k) for k in RANKING_ITERATIONS}
+        runs = {k: ranking_at(lpe, tok, sentence, std, k) for k in RANKING_ITERATIONS}
         longest = runs[RANKING_ITERATIONS[-1]]["score"]
         for k, r in runs.items():
             print(

@@ -119,10 +119,16 @@ def per_evaluation_variance(prob: Problem, u: Tensor, draws: int, seed: int) -> 
 
 
 def explain_one(
-    lpe: LayerPerturbationEntropyAttribution, tok: Any, sentence: str, layer: Any, std: Tensor
+    lpe: LayerPerturbationEntropyAttribution,
+    tok: Any,
+    sentence: str,
+    layer: Any,
+    std: Tensor,
+    config: Any = None,
 ) -> tuple[Problem, SigmaEstimate]:
-    """Run the default estimator on one sentence (every token a word, warnings silenced)
-    and keep its :class:`Problem` and estimate."""
+    """Run the estimator (``config``, default :data:`~captum_perturb.DEFAULT`) on one
+    sentence with seed 0 (every token a word, warnings silenced) and keep its
+    :class:`Problem` and estimate."""
     one = tok([sentence], return_tensors="pt")
     with captured_problem() as box, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -132,6 +138,7 @@ def explain_one(
             attention_mask=one["attention_mask"],
             state_layer=layer,
             state_std=std,
+            config=config,
             seed=0,
         )
     return box["prob"], box["est"]
