@@ -153,7 +153,9 @@ def fixed_point(
         a_bar64, se_lin = _curvature(sums, active, a_lin, a_lin_var)
         a_bar = a_bar64.to(u.dtype)
         u_old = u[active]
-        unknown, free, target = _step(prob, a_bar64, active, touched, u_free, u_old)
+        unknown, free, target = _step(
+            prob, a_bar64, active, touched, u_free, u_old, log_max[active]
+        )
         u_new = u_old + cfg.damping * (target - u_old)
         interior = ~unknown & (target < log_max[active] - _AT_BOUND)
         se = _fixed_point_std_error(sums, active, a_bar64, se_lin, interior).to(u.dtype)
@@ -193,15 +195,16 @@ def _step(
     touched: Tensor,
     u_free: Tensor,
     u_old: Tensor,
+    log_max: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The fixed-point step from the pooled curvature: which groups are still unknown, the
-    unbounded log σ* and the target log σ (clamped at σ_max), each ``(E, G)``.
+    unbounded log σ* and the target log σ (clamped at ``log_max``, the active examples'
+    ``(E, 1)`` log σ_max), each ``(E, G)``.
 
     A group the draws did move but whose curvature estimate is not positive yet is not
     known at all: it stays where it is and the next draws are pooled with these (jumping
     to σ_max on such noise lands where a group's signal is weakest).
     """
-    log_max = prob.sigma_max.log()[active, None]
     unknown = prob.present[active] & touched[active] & (a_bar64 <= 0)
     free = prob.solve(a_bar64.to(u_old.dtype), active, clamp=False)
     free = torch.where(unknown, u_free[active], free)
