@@ -30,6 +30,7 @@ from captum_perturb.llm import (
     LLMPerturbationEntropyResult,
     next_token_state_std,
 )
+from captum_perturb.options import EstimatorOptions, EstimatorSettings
 from captum_perturb.reference import Interpreter, calculate_regularization
 
 __version__ = "0.1.0"
@@ -40,6 +41,8 @@ __all__ = [
     "LAYERWISE",
     "REFERENCE",
     "AdamConfig",
+    "EstimatorOptions",
+    "EstimatorSettings",
     "FixedPointConfig",
     "Interpreter",
     "LLMLayerAttribution",

@@ -141,7 +141,7 @@ def test_inputs_with_different_batch_sizes(kind: str) -> None:
         model = SeqModel().eval()
         pe = PerturbationEntropyAttribution(lambda a, b: model(a + b))
         with pytest.raises(ValueError, match=r"same first .batch. dimension"):
-            pe.attribute((x, x[:1]), 0, state_std=ONE, layer=model.pool)
+            pe.attribute((x, x[:1]), 0, state_std=ONE, state_layer=model.pool)
         assert_no_hooks(model)
     mask = torch.ones(B + 1, T)
     check(
@@ -406,7 +406,7 @@ def test_feature_mask_not_expanded_by_sensitivity_max() -> None:
             n_perturb_samples=2,
             target=0,
             feature_mask=per_example,
-            layer=model.pool,
+            state_layer=model.pool,
             state_std=ONE,
         )
     assert_no_hooks(model)

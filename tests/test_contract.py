@@ -1,7 +1,7 @@
 """Captum's contract, checked on both classes through the shared tester (``contract.py``).
 
 Input-level cases use Captum's own toy models (``captum.testing.helpers.basic_models``),
-single and tuple inputs, explaining the output or a hidden layer (``layer=``). Layer
+single and tuple inputs, explaining the output or a hidden layer (``state_layer=``). Layer
 cases: Captum's ``BasicModel_MultiLayer`` perturbed at its identity layer ``linear0`` (so
 Captum's wrappers can perturb float inputs), an embedding + linear toy, and a tiny random
 BERT classifier with a padded batch, explaining its logits or an encoder layer's output.
@@ -144,7 +144,7 @@ def linear_multilayer(device: torch.device, dtype: torch.dtype = torch.float32) 
 
 def hidden_state(device: torch.device) -> Setup:
     """Explain the hidden layer ``linear1`` (B, 5) of BasicLinearModel_Multilayer with
-    ``layer=``: a capture hook is active and every target picks a different unit."""
+    ``state_layer=``: a capture hook is active and every target picks a different unit."""
     torch.manual_seed(5)
     model = WithDropout(BasicLinearModel_Multilayer(3, 5, 2)).to(device)
     x = torch.tensor(X3, device=device)
@@ -355,7 +355,7 @@ def tiny_bert_hidden(device: torch.device) -> Setup:
             "additional_forward_args": (mask,),
             "attention_mask": mask,
             "state_layer": block,
-            "state_std": _corpus_std(forward, device, layer=block),
+            "state_std": _corpus_std(forward, device, state_layer=block),
         },
         model=model,
         target=None,
@@ -539,7 +539,7 @@ def test_batch_dependence_is_flagged_and_warned(shape_dependent: bool) -> None:
 
 
 def test_sensitivity_max_needs_the_layer_by_name() -> None:
-    """Captum's ``sensitivity_max`` deep-copies its keyword arguments: a ``layer=`` module
+    """Captum's ``sensitivity_max`` deep-copies its keyword arguments: a ``state_layer=`` module
     arrives as a copy that the model never runs, which raises the error that names the
     workaround; the module's name works (``check_captum_metrics`` runs it)."""
     s = hidden_state(torch.device("cpu"))
@@ -555,9 +555,11 @@ def test_sensitivity_max_needs_the_layer_by_name() -> None:
     sens = sensitivity_max(explain_func, s.inputs, n_perturb_samples=2, **kwargs)
     assert sens.shape == (s.batch,)
     with pytest.raises(ValueError, match=r"no module named 'inner\.nope'"):
-        s.attr.attribute(s.inputs, layer="inner.nope", state_std=ONE)
+        s.attr.attribute(s.inputs, state_layer="inner.nope", state_std=ONE)
     with pytest.raises(TypeError, match="pass the module itself"):
-        PerturbationEntropyAttribution(lambda x: s.model(x)).attribute(s.inputs, layer="inner")
+        PerturbationEntropyAttribution(lambda x: s.model(x)).attribute(
+            s.inputs, state_layer="inner"
+        )
 
 
 def test_callable_target_is_captums_neuron_selector() -> None:

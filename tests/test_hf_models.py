@@ -207,7 +207,7 @@ def test_inputs_embeds_with_block_state(hf: tuple[Spec, nn.Module]) -> None:
     with torch.no_grad():
         embeds, corpus_embeds = words(ids), words(corpus)
     std = estimate_state_std(
-        forward, corpus_embeds, (corpus_mask,), layer=block, attention_mask=corpus_mask
+        forward, corpus_embeds, (corpus_mask,), state_layer=block, attention_mask=corpus_mask
     )
     assert std.shape == (HIDDEN,)
     pe = PerturbationEntropyAttribution(forward)
@@ -256,7 +256,7 @@ def test_estimate_state_std_skips_padding(hf: tuple[Spec, nn.Module]) -> None:
         # what sits at padded positions does not matter
         again = estimate_state_std(forward, noisy, (mask,), **kwargs)
         torch.testing.assert_close(again, std, rtol=1e-4, atol=1e-5)
-    default = estimate_state_std(forward, embeds, (mask,), layer=block, attention_mask=mask)
+    default = estimate_state_std(forward, embeds, (mask,), state_layer=block, attention_mask=mask)
     torch.testing.assert_close(default, expected["mean"], rtol=1e-4, atol=1e-5)
 
 

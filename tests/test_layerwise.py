@@ -77,7 +77,8 @@ from contract import (
 )
 from torch import Tensor, nn
 
-import captum_perturb.layers.layerwise as layerwise
+import captum_perturb.layers.state_std as layer_std
+import captum_perturb.layers.states as states
 from captum_perturb import (
     DEFAULT,
     FixedPointConfig,
@@ -464,7 +465,7 @@ def test_staircase_equals_hidden_states(kind: str, depths: str) -> None:
         staircase(blocks, noisy, depth, sink),
         pytest.raises(StopForwardError),
     ):
-        layerwise._call(model, ids[sent], mask[sent], {})
+        states.call_model(model, ids[sent], mask[sent], {})
     assert_no_hooks(model)
     assert sorted(sink) == sorted(set(depth.tolist()))
     for k in sink:
@@ -492,7 +493,7 @@ def test_staircase_stops_after_the_deepest_block_and_cleans_up(kind: str) -> Non
         staircase(blocks, x0, depth, sink),
         pytest.raises(StopForwardError),
     ):
-        layerwise._call(model, ids[sent], mask[sent], {})
+        states.call_model(model, ids[sent], mask[sent], {})
     assert sorted(sink) == [1, 2]
     assert [len(sink[k]) for k in (1, 2)] == [int((depth == k).sum()) for k in (1, 2)]
     assert_no_hooks(model)
@@ -504,7 +505,7 @@ def test_staircase_stops_after_the_deepest_block_and_cleans_up(kind: str) -> Non
             pytest.raises(LayerBoomError),
             staircase(blocks, x0, ROW_DEPTH, {}),
         ):
-            layerwise._call(model, ids[sent], mask[sent], {})
+            states.call_model(model, ids[sent], mask[sent], {})
         assert_no_hooks(model)
         for block in blocks:
             assert not block._forward_pre_hooks and not block._forward_hooks
@@ -564,7 +565,7 @@ def test_same_seed_same_result(bert_setup: Any) -> None:
     assert_identical(a, b)
     assert_identical(a, c)
     # chunking the perturbed copies changes speed, not the noise: only float summation order
-    d = explain_layers(model, enc, layers=[0, 2], state_std=std, seed=7, batch_size=5)
+    d = explain_layers(model, enc, layers=[0, 2], state_std=std, seed=7, internal_batch_size=5)
     torch.testing.assert_close(d.sigma, a.sigma, rtol=1e-3, atol=0.0, equal_nan=True)
 
 
@@ -866,7 +867,7 @@ def test_layer_state_std_equals_estimate_state_std() -> None:
                 forward,
                 ids,
                 (mask,),
-                layer=module,
+                state_layer=module,
                 attention_mask=mask,
                 token_reduction=reduction,
             )
@@ -890,7 +891,7 @@ def test_layer_state_std_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         raise AssertionError("the cached σ_S must be loaded, not recomputed")
 
     with monkeypatch.context() as patch:
-        patch.setattr(layerwise, "_layer_states", no_forward)
+        patch.setattr(layer_std, "layer_states", no_forward)
         again = layer_state_std(model, corpus, cache_dir=tmp_path)
     assert sorted(again) == sorted(first)
     for k in first:
@@ -1138,10 +1139,10 @@ def test_shipped_std_is_used_for_matching_weights_only(
 
 def test_batches_group_by_length_and_trim_right_padding() -> None:
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]])
-    got = layerwise._batches(mask, 2)
+    got = layer_std._batches(mask, 2)
     assert [(r.tolist(), w) for r, w in got] == [([1, 3], 2), ([0, 2], 4)]
     left = mask.flip(1)  # left padding: trailing columns are not padding, nothing trimmed
-    assert [w for _, w in layerwise._batches(left, 2)] == [4, 4]
+    assert [w for _, w in layer_std._batches(left, 2)] == [4, 4]
 
 
 @pytest.mark.slow

@@ -58,7 +58,7 @@ def state_std(minilm: tuple[Any, Any], sst2_dev_path: Path) -> Tensor:
         forward_fn(model),
         enc["input_ids"],
         (enc["attention_mask"],),
-        layer=model.encoder.layer[2],
+        state_layer=model.encoder.layer[2],
         attention_mask=enc["attention_mask"],
     )
 

@@ -254,7 +254,7 @@ def test_minilm_layer_default_is_stationary(minilm_dir: Path, sst2_dev_path: Pat
         forward,
         corpus["input_ids"],
         (corpus["attention_mask"],),
-        layer=layer,
+        state_layer=layer,
         attention_mask=corpus["attention_mask"],
     )
     enc = tokenizer([TUTORIAL_SENTENCE], return_tensors="pt")

@@ -23,8 +23,8 @@ import transformers
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from captum_perturb.layers import layerwise
-from captum_perturb.layers.layerwise import layer_moments, layer_state_std
+from captum_perturb.layers import state_std as layerwise
+from captum_perturb.layers.state_std import layer_moments, layer_state_std
 from tests.distributed import run_processes
 
 LENGTHS = (5, 3, 7, 4, 6, 2, 5)
@@ -134,7 +134,7 @@ def test_cache_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def _count_calls(name: str, counter: list[int]) -> None:
-    """Count the calls of ``layerwise.<name>`` from now on (this process only)."""
+    """Count the calls of ``layers.state_std.<name>`` from now on (this process only)."""
     real = getattr(layerwise, name)
 
     def counted(*args: Any, **kwargs: Any) -> Any:
@@ -148,7 +148,7 @@ def _cache_runs(rank: int, model: nn.Module, enc: dict[str, Tensor], cache: Path
     """σ_S with a cache: computed and written once, loaded, and computed when only one
     process finds the file (batches of 2: both processes run forward passes)."""
     passes, saves = [0], [0]
-    _count_calls("_layer_states", passes)
+    _count_calls("layer_states", passes)
     _count_calls("_save_atomically", saves)
     out: dict[str, Any] = {"first": layer_state_std(model, enc, batch_size=2, cache_dir=cache)}
     out["first_counts"] = (passes[0], saves[0])
@@ -167,7 +167,7 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
     model, enc = tiny_bert(), encoding()
     got: dict[str, Any] = {}
     passes = [0]
-    _count_calls("_layer_states", passes)
+    _count_calls("layer_states", passes)
     for bs in PASSES:
         before = passes[0]
         got[f"moments-{bs}"] = layer_moments(model, enc, batch_size=bs)

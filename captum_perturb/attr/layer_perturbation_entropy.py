@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from captum.attr import LayerAttribution, PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
+from typing_extensions import Unpack
 
 from captum_perturb._utils.common import index_args
 from captum_perturb._utils.hooks import captured_value, replace
 from captum_perturb.attr.checks import in_dtypes, working_dtype
 from captum_perturb.attr.features import FeatureMask
-from captum_perturb.attr.plumbing import EntropyFlags, Site, embedding_matrix, explain
+from captum_perturb.attr.plumbing import (
+    EntropyFlags,
+    Site,
+    embedding_matrix,
+    explain,
+    module_named,
+)
 from captum_perturb.attr.result import PerturbationEntropyResult
-from captum_perturb.config import EstimatorConfig
+from captum_perturb.options import EstimatorOptions, EstimatorSettings, resolve_options
 
 
 class LayerPerturbationEntropyAttribution(EntropyFlags, LayerAttribution, PerturbationAttribution):
@@ -86,16 +93,11 @@ class LayerPerturbationEntropyAttribution(EntropyFlags, LayerAttribution, Pertur
         layer_mask: FeatureMask = "token",
         *,
         attribute_to_layer_input: bool = False,
-        state_layer: nn.Module | None = None,
+        state_layer: nn.Module | str | None = None,
         attention_mask: Tensor | None = None,
-        rate: float = 0.1,
-        sigma_max: float | Tensor | None = None,
-        state_std: Tensor | None = None,
-        config: EstimatorConfig | None = None,
-        seed: int | torch.Generator | None = 0,
         internal_batch_size: int | None = None,
-        show_progress: bool = False,
-        score: Literal["channel", "paper"] = "channel",
+        options: EstimatorOptions | None = None,
+        **settings: Unpack[EstimatorSettings],
     ) -> Tensor:
         r"""Attribute the explained state to the layer's value.
 
@@ -109,30 +111,19 @@ class LayerPerturbationEntropyAttribution(EntropyFlags, LayerAttribution, Pertur
                 broadcastable to the layer's value.
             attribute_to_layer_input: perturb the layer's first input instead of its output.
             state_layer: explain this module's output (after the perturbed layer) instead
-                of the model output.
+                of the model output: the module, or its name in ``forward_func``.
             attention_mask: ``(B, T)`` with 0 at padding: padded positions are neither
                 perturbed nor counted in the loss. Give it to the model through
                 ``additional_forward_args`` too: under Captum's ``NoiseTunnel`` or
                 ``sensitivity_max``, which expand only those, the expanded copy is used.
-            rate: weight of the entropy term (default 0.1).
-            sigma_max: upper bound of σ; default 10 × the std of the word embeddings when
-                ``layer`` is or holds them, else 10 × the std of each example's layer value.
-            state_std: σ_S of the explained state; ``None`` uses the reference fallback.
-            config: estimator settings (default :data:`~captum_perturb.DEFAULT`).
-            seed: an int, a ``torch.Generator`` or None (global RNG).
-            internal_batch_size: perturbed copies per forward pass (speed and memory): the
-                noise and the estimator's steps are the same for any value, so σ is
-                bit-identical where the model rounds each row alike in any batch; where its
-                kernels round by the batch's shape, ``estimate.batch_dependent`` says so and
-                a warning names the value (see ``docs/method.rst``).
-            show_progress: show a progress bar.
-            score: ``"channel"`` (default) attributes
-                :math:`\tfrac12\log(1 + \sigma_{max}^2/\sigma_g^{*2})` nats per dimension,
-                which keeps ranking groups whose σ sits at σ_max by how hard the state
-                pushes back there (0 only for groups without effect); ``"paper"`` the
-                paper's :math:`\log(\sigma_{max}/\sigma_g)`, 0 at the bound. Both agree
-                within :math:`\tfrac12\log 2` inside the bound and rank it alike (see
-                ``docs/method.rst``).
+            internal_batch_size: perturbed copies per forward pass (speed and memory), as
+                for :meth:`captum_perturb.PerturbationEntropyAttribution.attribute`.
+            options: the estimator's settings, :class:`~captum_perturb.EstimatorOptions`
+                (the default σ_max is 10 × the std of the word embeddings when the layer
+                is or holds them, else 10 × the std of each example's layer value).
+            **settings: any of :class:`~captum_perturb.EstimatorOptions`' fields by
+                keyword (``rate``, ``sigma_max``, ``state_std``, ``config``, ``seed``,
+                ``score``, ``show_progress``), over ``options``.
 
         Returns:
             Attributions shaped like the layer's value, in its dtype (a float16 or
@@ -146,14 +137,9 @@ class LayerPerturbationEntropyAttribution(EntropyFlags, LayerAttribution, Pertur
             attribute_to_layer_input=attribute_to_layer_input,
             state_layer=state_layer,
             attention_mask=attention_mask,
-            rate=rate,
-            sigma_max=sigma_max,
-            state_std=state_std,
-            config=config,
-            seed=seed,
             internal_batch_size=internal_batch_size,
-            show_progress=show_progress,
-            score=score,
+            options=options,
+            **settings,
         )
         assert isinstance(result.attributions, Tensor)
         return result.attributions
@@ -166,18 +152,15 @@ class LayerPerturbationEntropyAttribution(EntropyFlags, LayerAttribution, Pertur
         layer_mask: FeatureMask = "token",
         *,
         attribute_to_layer_input: bool = False,
-        state_layer: nn.Module | None = None,
+        state_layer: nn.Module | str | None = None,
         attention_mask: Tensor | None = None,
-        rate: float = 0.1,
-        sigma_max: float | Tensor | None = None,
-        state_std: Tensor | None = None,
-        config: EstimatorConfig | None = None,
-        seed: int | torch.Generator | None = 0,
         internal_batch_size: int | None = None,
-        show_progress: bool = False,
-        score: Literal["channel", "paper"] = "channel",
+        options: EstimatorOptions | None = None,
+        **settings: Unpack[EstimatorSettings],
     ) -> PerturbationEntropyResult:
         """Like :meth:`attribute`, returning σ, entropies and diagnostics too."""
+        who = self.get_name()
+        opts = resolve_options(options, settings, who)
         layer = self.layer
         to_input = attribute_to_layer_input
         dtypes: list[torch.dtype] = []  # the layer value's own dtype, set by site()
@@ -231,17 +214,11 @@ class LayerPerturbationEntropyAttribution(EntropyFlags, LayerAttribution, Pertur
             target,
             additional_forward_args,
             layer_mask,
-            state_layer=state_layer,
+            state_layer=module_named(self.forward_func, state_layer),
             attention_mask=attention_mask,
-            rate=rate,
-            sigma_max=sigma_max,
-            state_std=state_std,
-            config=config,
-            seed=seed,
             internal_batch_size=internal_batch_size,
-            show_progress=show_progress,
-            desc=f"{self.get_name()} attribution",
-            score=score,
+            options=opts,
+            desc=f"{who} attribution",
         )
         return in_dtypes(result, tuple(dtypes[:1]))
 

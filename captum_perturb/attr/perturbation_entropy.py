@@ -3,18 +3,18 @@ r"""PerturbationEntropyAttribution: Guan et al. (ICML 2019) as a Captum attribut
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
-import torch
 from captum.attr import PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
+from typing_extensions import Unpack
 
 from captum_perturb.attr.checks import in_dtypes, working_dtype
 from captum_perturb.attr.features import FeatureMask
 from captum_perturb.attr.plumbing import EntropyFlags, Site, explain, module_named
 from captum_perturb.attr.result import PerturbationEntropyResult
-from captum_perturb.config import EstimatorConfig
+from captum_perturb.options import EstimatorOptions, EstimatorSettings, renamed, resolve_options
 
 
 class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):
@@ -43,7 +43,7 @@ class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):
     scores are unsigned (like Saliency) and are not multiplied by the inputs.
 
     ``target=None`` explains the whole output — a vector or a ``[tokens × dims]`` hidden
-    state — which no other Captum method does; ``layer=module`` explains that module's
+    state — which no other Captum method does; ``state_layer=module`` explains that module's
     output instead (for Hugging Face blocks returning tuples, ``out[0]``), stopping the
     forward pass there. Noise goes on the inputs, which must be floating point (e.g.
     ``inputs_embeds``); to explain token ids use
@@ -82,16 +82,12 @@ class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):
         additional_forward_args: Any = None,
         feature_mask: FeatureMask = None,
         *,
-        layer: nn.Module | str | None = None,
+        state_layer: nn.Module | str | None = None,
         attention_mask: Tensor | None = None,
-        rate: float = 0.1,
-        sigma_max: float | Tensor | None = None,
-        state_std: Tensor | None = None,
-        config: EstimatorConfig | None = None,
-        seed: int | torch.Generator | None = 0,
         internal_batch_size: int | None = None,
-        show_progress: bool = False,
-        score: Literal["channel", "paper"] = "channel",
+        options: EstimatorOptions | None = None,
+        layer: nn.Module | str | None = None,
+        **settings: Unpack[EstimatorSettings],
     ) -> Tensor | tuple[Tensor, ...]:
         r"""Attribute the explained state to the inputs.
 
@@ -108,8 +104,8 @@ class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):
                 own group (Captum's default); ``"token"``: one group per position of
                 ``(B, T, D)`` inputs. Captum's ``NoiseTunnel`` accepts only tensor masks:
                 there pass the same groups as ``torch.arange(T).reshape(1, T, 1)``.
-            layer: explain this module's output instead of the model output: the module,
-                or its name in ``forward_func`` (an ``nn.Module``), e.g.
+            state_layer: explain this module's output instead of the model output: the
+                module, or its name in ``forward_func`` (an ``nn.Module``), e.g.
                 ``"encoder.layer.2"``. Pass the name where Captum deep-copies the keyword
                 arguments (``captum.metrics.sensitivity_max``): a copied module is not
                 the one the model runs.
@@ -118,28 +114,16 @@ class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):
                 model through ``additional_forward_args``; under Captum's ``NoiseTunnel``
                 or ``sensitivity_max``, which expand only the latter, the expanded copy
                 there is recognised and used).
-            rate: weight of the entropy term (reference code's ``rate``, default 0.1).
-            sigma_max: upper bound of σ (reference code's ``scale``). Default: 10 × the
-                std of each example's (unpadded) inputs.
-            state_std: σ_S of the explained state (:func:`~captum_perturb.estimate_state_std`),
-                broadcastable to one example's state. ``None``: the reference code's
-                fallback, dividing by mean(Φ(x)²), with a warning.
-            config: estimator settings, :data:`~captum_perturb.DEFAULT` when None;
-                :data:`~captum_perturb.REFERENCE` reproduces the authors' algorithm.
-            seed: an int, a ``torch.Generator`` or None (torch's global RNG).
             internal_batch_size: perturbed copies per forward pass (speed and memory): the
                 noise and the estimator's steps are the same for any value, so σ is
                 bit-identical where the model rounds each row alike in any batch; where its
                 kernels round by the batch's shape, ``estimate.batch_dependent`` says so and
                 a warning names the value (see ``docs/method.rst``).
-            show_progress: show a progress bar.
-            score: ``"channel"`` (default) attributes
-                :math:`\tfrac12\log(1 + \sigma_{max}^2/\sigma_g^{*2})` nats per dimension,
-                which keeps ranking groups whose σ sits at σ_max by how hard the state
-                pushes back there (0 only for groups without effect); ``"paper"`` the
-                paper's :math:`\log(\sigma_{max}/\sigma_g)`, 0 at the bound. Both agree
-                within :math:`\tfrac12\log 2` inside the bound and rank it alike (see
-                ``docs/method.rst``).
+            options: the estimator's settings, :class:`~captum_perturb.EstimatorOptions`.
+            layer: the former name of ``state_layer`` (deprecated).
+            **settings: any of :class:`~captum_perturb.EstimatorOptions`' fields by
+                keyword (``rate``, ``sigma_max``, ``state_std``, ``config``, ``seed``,
+                ``score``, ``show_progress``), over ``options``.
 
         Returns:
             Attributions shaped and structured like ``inputs``, in their dtype (float16
@@ -151,16 +135,12 @@ class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):
             target,
             additional_forward_args,
             feature_mask,
-            layer=layer,
+            state_layer=state_layer,
             attention_mask=attention_mask,
-            rate=rate,
-            sigma_max=sigma_max,
-            state_std=state_std,
-            config=config,
-            seed=seed,
             internal_batch_size=internal_batch_size,
-            show_progress=show_progress,
-            score=score,
+            options=options,
+            layer=layer,
+            **settings,
         ).attributions
 
     def explain(
@@ -170,18 +150,17 @@ class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):
         additional_forward_args: Any = None,
         feature_mask: FeatureMask = None,
         *,
-        layer: nn.Module | str | None = None,
+        state_layer: nn.Module | str | None = None,
         attention_mask: Tensor | None = None,
-        rate: float = 0.1,
-        sigma_max: float | Tensor | None = None,
-        state_std: Tensor | None = None,
-        config: EstimatorConfig | None = None,
-        seed: int | torch.Generator | None = 0,
         internal_batch_size: int | None = None,
-        show_progress: bool = False,
-        score: Literal["channel", "paper"] = "channel",
+        options: EstimatorOptions | None = None,
+        layer: nn.Module | str | None = None,
+        **settings: Unpack[EstimatorSettings],
     ) -> PerturbationEntropyResult:
         """Like :meth:`attribute`, returning σ, entropies and diagnostics too."""
+        who = self.get_name()
+        opts = resolve_options(options, settings, who)
+        state_layer = renamed(layer, state_layer, old="layer", new="state_layer", who=who)
         is_tuple = isinstance(inputs, tuple)
         for i, x in enumerate(inputs if isinstance(inputs, tuple) else (inputs,)):
             if not isinstance(x, Tensor):
@@ -215,16 +194,10 @@ class PerturbationEntropyAttribution(EntropyFlags, PerturbationAttribution):
             target,
             additional_forward_args,
             feature_mask,
-            state_layer=module_named(self.forward_func, layer),
+            state_layer=module_named(self.forward_func, state_layer),
             attention_mask=attention_mask,
-            rate=rate,
-            sigma_max=sigma_max,
-            state_std=state_std,
-            config=config,
-            seed=seed,
             internal_batch_size=internal_batch_size,
-            show_progress=show_progress,
-            desc=f"{self.get_name()} attribution",
-            score=score,
+            options=opts,
+            desc=f"{who} attribution",
         )
         return in_dtypes(result, dtypes)

@@ -26,17 +26,17 @@ from captum_perturb._utils.model_state import evaluation_mode, modules_of
 from captum_perturb.attr.checks import check_devices, match_attention_mask
 from captum_perturb.attr.features import FeatureMask, dense_groups, raw_feature_ids
 from captum_perturb.attr.result import PerturbationEntropyResult
-from captum_perturb.config import DEFAULT, EstimatorConfig
+from captum_perturb.config import DEFAULT
 from captum_perturb.functional._groups import flat_index, spread
-from captum_perturb.functional.diagnostics import check_score, score_of, warn_if_needed
+from captum_perturb.functional.diagnostics import score_of, warn_if_needed
 from captum_perturb.functional.estimate import (
     SigmaEstimate,
     StateFn,
     check_finite,
-    check_rate,
     estimate_sigma,
 )
 from captum_perturb.functional.moments import FALLBACK_LABEL, embedding_sigma_max
+from captum_perturb.options import EstimatorOptions
 
 #: A state function for the site: (perturbed values, rows, explained-state reader) -> state
 SiteRun = Callable[[tuple[Tensor, ...], Tensor, Callable[[Callable[[], Any]], Tensor]], Tensor]
@@ -160,15 +160,9 @@ def explain(
     *,
     state_layer: nn.Module | None,
     attention_mask: Tensor | None,
-    rate: float,
-    sigma_max: float | Tensor | None,
-    state_std: Tensor | None,
-    config: EstimatorConfig | None,
-    seed: int | torch.Generator | None,
     internal_batch_size: int | None,
-    show_progress: bool,
+    options: EstimatorOptions,
     desc: str,
-    score: str = "channel",
 ) -> PerturbationEntropyResult:
     """The shared body of ``explain``/``attribute`` for both classes: check the call, find
     the perturbed values (``site_factory``), run the estimator on the explained state, and
@@ -177,8 +171,14 @@ def explain(
     args = format_additional_forward_args(additional_forward_args)
     modules = modules_of(forward_func, extra=() if state_layer is None else (state_layer,))
     batch, attention_mask = check_call(
-        tuple_inputs, args, modules, target, attention_mask, rate, score, internal_batch_size
+        tuple_inputs, args, modules, target, attention_mask, internal_batch_size
     )
+    state_std = options.state_std
+    if state_std is not None and not isinstance(state_std, Tensor):
+        raise TypeError(
+            f"state_std must be a tensor broadcastable to one example's state, got "
+            f"{type(state_std).__name__} (a {{layer: σ_S}} mapping is for explain_layers)"
+        )
 
     def call_model(model_inputs: tuple[Any, ...], rows: Tensor) -> Any:
         return forward_func(*model_inputs, *index_args(args, rows))
@@ -190,30 +190,31 @@ def explain(
         site = site_factory(tuple_inputs, batch, call_model)
     with evaluation_mode([*modules, *site.modules]):
         groups, table, keep = site_groups(site, feature_mask, attention_mask, batch)
-        if sigma_max is None:
+        if options.sigma_max is None:
             smax, source = default_sigma_max(site, keep)
         else:
-            smax, source = torch.as_tensor(sigma_max).to(site.values[0]), "given"
+            smax, source = torch.as_tensor(options.sigma_max).to(site.values[0]), "given"
 
         def state_fn(perturbed: tuple[Tensor, ...], rows: Tensor) -> Tensor:
             return site.run(perturbed, rows, lambda run: state_of(run, rows))
 
         fn: StateFn = state_fn
-        cfg = DEFAULT if config is None else config
+        cfg = DEFAULT if options.config is None else options.config
         est = estimate_sigma(
             fn,
             site.values,
             groups,
             sigma_max=smax,
-            rate=rate,
+            rate=options.rate,
             state_std=state_std,
             output_mask=output_mask,
             config=cfg,
-            generator=make_generator(seed, site.values[0].device),
+            generator=make_generator(options.seed, site.values[0].device),
             batch_size=internal_batch_size,
-            show_progress=show_progress,
+            show_progress=options.show_progress,
             progress_desc=desc,
         )
+    score = options.score or "channel"
     scores = score_of(est, score)
     who = desc.removesuffix(" attribution")
     # positions without effect look like padding only when the groups are positions
@@ -240,19 +241,15 @@ def check_call(
     modules: Sequence[nn.Module],
     target: Any,
     attention_mask: Tensor | None,
-    rate: float,
-    score: str,
     internal_batch_size: int | None,
 ) -> tuple[int, Tensor | None]:
     """Check the arguments of a call before any work: the batch size, and the attention
     mask matched to it (under NoiseTunnel / sensitivity_max it may come un-expanded).
 
     Raises:
-        ValueError: an inconsistent batch, rate, score, target length or batch size.
+        ValueError: an inconsistent batch, target length or batch size.
     """
     batch = check_batch(inputs, args)
-    check_rate(rate)
-    check_score(score)
     check_devices(inputs, args, modules)
     attention_mask = match_attention_mask(attention_mask, batch, args)
     if (
@@ -385,14 +382,17 @@ def select_callable(target: Callable[[Tensor], Any], out: Tensor) -> Tensor:
 
 
 def module_named(forward_func: Any, layer: nn.Module | str | None) -> nn.Module | None:
-    """The module ``layer`` names in ``forward_func`` (itself if already a module)."""
+    """The module ``layer`` (the caller's ``state_layer=``) names in ``forward_func``
+    (itself if already a module)."""
     if layer is None or isinstance(layer, nn.Module):
         return layer
     if not isinstance(layer, str):
-        raise TypeError(f"layer must be an nn.Module, its name or None, got {type(layer).__name__}")
+        raise TypeError(
+            f"state_layer must be an nn.Module, its name or None, got {type(layer).__name__}"
+        )
     if not isinstance(forward_func, nn.Module):
         raise TypeError(
-            f"layer={layer!r} names a module, but forward_func is a "
+            f"state_layer={layer!r} names a module, but forward_func is a "
             f"{type(forward_func).__name__}, not an nn.Module: pass the module itself"
         )
     try:

@@ -13,6 +13,7 @@ from captum_perturb._utils.compat import format_additional_forward_args, select_
 from captum_perturb._utils.hooks import captured_value, first_tensor
 from captum_perturb._utils.model_state import evaluation_mode, modules_of
 from captum_perturb.functional.moments import state_moments, std_from_moments
+from captum_perturb.options import renamed
 
 
 def estimate_state_std(
@@ -21,16 +22,18 @@ def estimate_state_std(
     additional_forward_args: Any = None,
     *,
     target: Any = None,
-    layer: nn.Module | None = None,
+    state_layer: nn.Module | None = None,
     attention_mask: Tensor | None = None,
     token_reduction: Literal["mean", "pool", "none"] = "mean",
     batch_size: int = 32,
     constant_rtol: float = 1e-6,
+    layer: nn.Module | None = None,
 ) -> Tensor:
     r"""Element-wise population std of the explained state over a corpus.
 
     The state is what :class:`~captum_perturb.PerturbationEntropyAttribution` explains for
-    the same ``forward_func``, ``target`` and ``layer``: the model output, or ``layer``'s
+    the same ``forward_func``, ``target`` and ``state_layer``: the model output, or
+    ``state_layer``'s
     output (``out[0]`` of a tuple). The corpus is processed in batches under
     ``torch.no_grad()``, with the model in eval mode (restored after).
 
@@ -52,7 +55,7 @@ def estimate_state_std(
         inputs: the corpus, dim 0 = examples (tensor or tuple of tensors).
         additional_forward_args: side inputs with one row per example.
         target: Captum's target, as for ``attribute``.
-        layer: read this module's output as the state instead of the model output.
+        state_layer: read this module's output as the state instead of the model output.
         attention_mask: ``(N, T)`` 0 at padding (pass it to the model through
             ``additional_forward_args`` as well).
         token_reduction: ``"mean"``, ``"pool"`` or ``"none"`` (see above).
@@ -61,6 +64,7 @@ def estimate_state_std(
             constant over the corpus (e.g. a dead dimension of the last layer of MiniLM,
             std 1e-32); they get σ_S = +inf, which leaves them out of the loss, with a
             warning. Dividing by their std would blow the loss up.
+        layer: the former name of ``state_layer`` (deprecated).
 
     Returns:
         σ_S, broadcastable to one example's state.
@@ -74,6 +78,7 @@ def estimate_state_std(
         (torch.Size([5]), True)
     """
 
+    layer = renamed(layer, state_layer, old="layer", new="state_layer", who="estimate_state_std")
     tuple_inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     args = format_additional_forward_args(additional_forward_args)
     n = tuple_inputs[0].shape[0]

@@ -58,8 +58,9 @@ from captum_perturb.attr.result import PerturbationEntropyResult
 from captum_perturb.corpus.parts import PartStore
 from captum_perturb.functional.diagnostics import score_of
 from captum_perturb.functional.problem import _AT_BOUND
+from captum_perturb.layers.explain import explain_layers
 from captum_perturb.layers.information import LayerInformation
-from captum_perturb.layers.layerwise import explain_layers
+from captum_perturb.options import SETTINGS, EstimatorOptions, resolve_options
 
 #: columns of the rows (Parquet types) and what they hold
 COLUMNS: dict[str, str] = {
@@ -432,6 +433,7 @@ def explain_corpus(
     id_key: str = "idx",
     attribute_args: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
     show_progress: bool = True,
+    options: EstimatorOptions | None = None,
     **kwargs: Any,
 ) -> Path:
     r"""Explain every batch of a corpus into one Parquet table, resumable and sharded.
@@ -458,9 +460,13 @@ def explain_corpus(
             ``additional_forward_args=(attention_mask,)``, ``attention_mask=attention_mask``
             (a forward function ``f(input_ids, attention_mask)``).
         show_progress: a progress bar per process (needs tqdm).
-        **kwargs: passed to ``explain_layers`` (``layers``, ``state_std``, ``config``, …)
-            or to ``explain`` (``state_std``, ``rate``, ``score``, ``layer_mask``, …) for
-            every batch.
+        options: the estimator's settings for every batch,
+            :class:`~captum_perturb.EstimatorOptions` (its ``seed`` is this function's:
+            batch ``b`` gets ``seed + b``).
+        **kwargs: :class:`~captum_perturb.EstimatorOptions`' fields by keyword, over
+            ``options``, and the explainer's own keywords, for every batch: of
+            ``explain_layers`` (``layers``, ``special_tokens``, ``internal_batch_size``,
+            …) or of the class's ``explain`` (``layer_mask``, ``internal_batch_size``, …).
 
     Returns:
         The absolute path of ``rows.parquet`` (on every process, after the merge), columns
@@ -515,6 +521,7 @@ def explain_corpus(
         >>> sorted(set(table.column("example").to_pylist()))
         [0, 1, 2]
     """
+    opts, kwargs = _corpus_options(options, kwargs)
     rank, world = rank_and_world()
     method, modules, explain = _explainer(explainer, tokenizer, attribute_args, kwargs)
     plan = _Plan(batches, rank, world, id_key)
@@ -523,7 +530,8 @@ def explain_corpus(
         "method": method,
         "seed": seed,
         "weights": [weights_hash(m) for m in modules],
-        "arguments": _describe(kwargs),
+        "options": _describe(opts),
+        "arguments": _describe({k: v for k, v in kwargs.items() if k != "options"}),
         "attribute_args": _describe(attribute_args),
         "id_key": id_key,
     }
@@ -544,6 +552,27 @@ def explain_corpus(
     on_first(lambda: store.merge(total, {"settings": settings, "columns": COLUMNS}))
     _warn(warned, unconverged, explained, rank, world)
     return (store.root / store.MERGED).resolve()
+
+
+def _corpus_options(
+    options: EstimatorOptions | None, kwargs: Mapping[str, Any]
+) -> tuple[EstimatorOptions, dict[str, Any]]:
+    """The estimator's options (``options`` with the settings among ``kwargs`` over it) and
+    the keywords for the explainer, the options among them.
+
+    Raises:
+        ValueError: ``options`` with a seed of its own (the batches' seeds are
+            ``explain_corpus``'s ``seed + b``).
+    """
+    if options is not None and isinstance(options, EstimatorOptions) and options.seed != 0:
+        raise ValueError(
+            "explain_corpus seeds batch b with seed + b: pass seed= to explain_corpus, "
+            f"not in options (got options.seed={options.seed!r})"
+        )
+    settings = {k: v for k, v in kwargs.items() if k in SETTINGS}
+    opts = resolve_options(options, settings, "explain_corpus")
+    rest = {k: v for k, v in kwargs.items() if k not in SETTINGS}
+    return opts, {**rest, "options": opts}
 
 
 def _explain_batches(

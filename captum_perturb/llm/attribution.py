@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any
 
 import torch
 from captum.attr import TextTemplateInput, TextTokenInput
 from captum.log import log_usage
 from torch import Tensor, nn
+from typing_extensions import Unpack
 
 from captum_perturb._utils.common import make_generator
 from captum_perturb._utils.compat import (
@@ -21,18 +23,18 @@ from captum_perturb._utils.model_state import evaluation_mode
 from captum_perturb.attr.checks import working_dtype
 from captum_perturb.attr.features import dense_groups
 from captum_perturb.attr.layer_perturbation_entropy import LayerPerturbationEntropyAttribution
-from captum_perturb.config import DEFAULT, EstimatorConfig
+from captum_perturb.config import DEFAULT
 from captum_perturb.functional.diagnostics import (
-    check_score,
     score_of,
     score_std_error_of,
     warn_if_needed,
 )
-from captum_perturb.functional.estimate import SigmaEstimate, check_rate, estimate_sigma
+from captum_perturb.functional.estimate import SigmaEstimate, estimate_sigma
 from captum_perturb.functional.moments import FALLBACK_LABEL, embedding_sigma_max
 from captum_perturb.layers.information import LayerInformation
 from captum_perturb.llm import common as _llm
 from captum_perturb.llm.result import LLMPerturbationEntropyResult
+from captum_perturb.options import EstimatorOptions, EstimatorSettings, resolve_options
 
 
 class LLMPerturbationEntropyAttribution(BaseLLMAttribution):
@@ -137,14 +139,9 @@ class LLMPerturbationEntropyAttribution(BaseLLMAttribution):
         gen_args: dict[str, Any] | None = None,
         *,
         per_token: bool = True,
-        rate: float = 0.1,
-        sigma_max: float | None = None,
-        state_std: Tensor | None = None,
-        config: EstimatorConfig | None = None,
-        seed: int | torch.Generator | None = 0,
         internal_batch_size: int | None = None,
-        show_progress: bool = False,
-        score: Literal["channel", "paper"] = "channel",
+        options: EstimatorOptions | None = None,
+        **settings: Unpack[EstimatorSettings],
     ) -> LLMPerturbationEntropyResult:
         r"""Attribute the answer's next-token distributions to the prompt's features.
 
@@ -156,18 +153,14 @@ class LLMPerturbationEntropyAttribution(BaseLLMAttribution):
                 default: 25 greedy tokens).
             per_token: also compute ``token_attr`` (``T`` more rows in the same call);
                 False gives ``seq_attr`` alone, at about ``1/(1 + T)`` of the cost.
-            rate: weight of the entropy term (the reference code's ``rate``).
-            sigma_max: σ bound; default 10 × the std of the word-embedding matrix.
-            state_std: σ_S ``(V,)`` for this call (default: the constructor's).
-            config: estimator settings (default :data:`~captum_perturb.DEFAULT`).
-            seed: seeds all noise (int or generator); None uses torch's global RNG.
-            internal_batch_size: perturbed copies per forward pass (speed and memory): the
-                noise and the estimator's steps are the same for any value, so σ is
-                bit-identical where the model rounds each row alike in any batch; where its
-                kernels round by the batch's shape, ``estimate.batch_dependent`` says so and
-                a warning names the value (see ``docs/method.rst``).
-            show_progress: a progress bar over the estimator's iterations.
-            score: ``"channel"`` (default) or the paper's ``"paper"`` score.
+            internal_batch_size: perturbed copies per forward pass (speed and memory), as
+                for :meth:`captum_perturb.PerturbationEntropyAttribution.attribute`.
+            options: the estimator's settings, :class:`~captum_perturb.EstimatorOptions`
+                (σ_S ``(V,)`` defaults to the constructor's ``state_std``; σ_max to 10 ×
+                the std of the word-embedding matrix).
+            **settings: any of :class:`~captum_perturb.EstimatorOptions`' fields by
+                keyword (``rate``, ``sigma_max``, ``state_std``, ``config``, ``seed``,
+                ``score``, ``show_progress``), over ``options``.
 
         Returns:
             An :class:`~captum_perturb.LLMPerturbationEntropyResult` (a Captum
@@ -185,8 +178,10 @@ class LLMPerturbationEntropyAttribution(BaseLLMAttribution):
                 f"{type(self).__name__} takes a captum.attr.TextTokenInput or "
                 f"TextTemplateInput, got {type(inp).__name__}"
             )
-        check_rate(rate)
-        check_score(score)
+        opts = resolve_options(options, settings, type(self).__name__)
+        score = opts.score or "channel"
+        if opts.state_std is not None and not isinstance(opts.state_std, Tensor):
+            raise TypeError(f"state_std must be a tensor (V,), got {type(opts.state_std).__name__}")
         prompt, feature = _llm.prompt_features(inp, self.tokenizer)
         if not bool((feature >= 0).any()):
             raise ValueError(
@@ -197,15 +192,15 @@ class LLMPerturbationEntropyAttribution(BaseLLMAttribution):
             answer = self._answer(prompt, target, gen_args)
             self._check_length(prompt.shape[1], len(answer))
             ids = torch.cat([prompt[0], answer.cpu()]).unsqueeze(0).to(self.device)
-            std = self.state_std if state_std is None else state_std
+            std = self.state_std if opts.state_std is None else opts.state_std
+            opts = replace(opts, state_std=std)
             clean, answer_lp = self._clean(ids, prompt.shape[1], answer)
             est, table = self._estimate(
-                ids, clean, feature, len(answer), per_token, rate, sigma_max, std, config,
-                seed, internal_batch_size, show_progress,
-            )  # fmt: skip
+                ids, clean, feature, len(answer), per_token, opts, internal_batch_size
+            )
         warn_if_needed(
             est,
-            config or DEFAULT,
+            opts.config or DEFAULT,
             masked=True,
             score=score,
             who=type(self).__name__,
@@ -281,13 +276,8 @@ class LLMPerturbationEntropyAttribution(BaseLLMAttribution):
         feature: Tensor,
         n_target: int,
         per_token: bool,
-        rate: float,
-        sigma_max: float | None,
-        state_std: Tensor | None,
-        config: EstimatorConfig | None,
-        seed: int | torch.Generator | None,
-        batch_size: int | None,
-        show_progress: bool,
+        opts: EstimatorOptions,
+        internal_batch_size: int | None,
     ) -> tuple[SigmaEstimate, Tensor]:
         """One estimator call: rows of the same perturbed prompt, one per explained state.
         Returns the estimate and ``(R, G)`` the feature of each group."""
@@ -299,6 +289,7 @@ class LLMPerturbationEntropyAttribution(BaseLLMAttribution):
         raw = full.clamp_min(0).view(1, -1, 1).expand_as(values)
         keep = (full >= 0).view(1, -1, 1).expand(rows, -1, 1)
         (groups,), table = dense_groups((raw,), (keep,))
+        sigma_max = opts.sigma_max
         if sigma_max is None:
             weight = getattr(self.layer, "weight", None)
             if not isinstance(weight, Tensor):
@@ -309,13 +300,13 @@ class LLMPerturbationEntropyAttribution(BaseLLMAttribution):
             (values,),
             (groups,),
             sigma_max=sigma_max,
-            rate=rate,
-            state_std=state_std,
+            rate=opts.rate,
+            state_std=opts.state_std,  # type: ignore[arg-type]  # checked: a tensor or None
             output_mask=mask,
-            config=config or DEFAULT,
-            generator=make_generator(seed, values.device),
-            batch_size=batch_size,
-            show_progress=show_progress,
+            config=opts.config or DEFAULT,
+            generator=make_generator(opts.seed, values.device),
+            batch_size=internal_batch_size,
+            show_progress=opts.show_progress,
             progress_desc=f"{type(self).__name__}",
         )
         return est, table
@@ -374,7 +365,7 @@ class LLMPerturbationEntropyAttribution(BaseLLMAttribution):
             layers: as for :func:`~captum_perturb.explain_layers` (default all).
             **kwargs: passed on (``state_std=``, ``rate=``, ``config=``, ``seed=`` ...).
         """
-        from captum_perturb.layers.layerwise import explain_layers
+        from captum_perturb.layers.explain import explain_layers
 
         if not isinstance(inp, TextTokenInput):
             raise TypeError(f"explain_layers takes a TextTokenInput, got {type(inp).__name__}")

@@ -71,7 +71,9 @@ def compare(
     n_layers = len(std) - 1
 
     def run(layers: list[int] | None, seed: int) -> LayerInformation:
-        return explain_layers(model, enc, layers, state_std=std, seed=seed, batch_size=batch_size)
+        return explain_layers(
+            model, enc, layers, state_std=std, seed=seed, internal_batch_size=batch_size
+        )
 
     t_all, info = _timed(lambda: run(None, 0), repeats)
     t_last, last = _timed(lambda: run([n_layers], 1), repeats)

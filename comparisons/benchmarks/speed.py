@@ -65,7 +65,6 @@ from captum_perturb import (
     PerturbationEntropyResult,
     estimate_state_std,
 )
-from captum_perturb._utils.hooks import capture, run_until_captured
 from comparisons.benchmarks import convergence
 from comparisons.benchmarks.convergence import embeddings_of
 from comparisons.models.finetune import load_classifier
@@ -176,10 +175,7 @@ class Workload:
         """Φ's state, with its graph (a state layer's output ends the forward pass)."""
         if self.state_layer is None:
             return self.forward(ids, mask)
-        sink: list[Tensor] = []
-        with capture(self.state_layer, sink):
-            run_until_captured(lambda: self.forward(ids, mask))
-        return sink[0]
+        return _output_of(self.state_layer, lambda: self.forward(ids, mask))
 
     def targets(self, ids: Tensor, mask: Tensor) -> list[int] | None:
         """The target of each example: its predicted class, or None (the whole state)."""
@@ -187,6 +183,31 @@ class Workload:
             return None
         with torch.no_grad():
             return self.forward(ids, mask).argmax(-1).tolist()
+
+
+class _ReachedError(Exception):
+    """Raised by :func:`_output_of`'s hook: the rest of the forward pass is not needed."""
+
+
+def _output_of(layer: nn.Module, run: Callable[[], Any]) -> Tensor:
+    """``layer``'s (first) output tensor during ``run()``, which is cut short there (as our
+    method cuts its own forward passes short), with its graph."""
+    sink: list[Tensor] = []
+
+    def hook(_module: nn.Module, _args: Any, out: Any) -> None:
+        sink.append(out[0] if isinstance(out, (tuple, list)) else out)
+        raise _ReachedError
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        run()
+    except _ReachedError:
+        pass
+    finally:
+        handle.remove()
+    if not sink:
+        raise ValueError(f"{type(layer).__name__} did not run in the forward pass")
+    return sink[0]
 
 
 def first_layers(model: nn.Module, tokenizer: Any, n: int) -> Workload:
@@ -236,7 +257,7 @@ def state_std(w: Workload) -> Tensor:
     ids, mask = encode(w, [s for s, _ in sst2_dev(STD_SENTENCES)])
     target = w.targets(ids, mask)
     return estimate_state_std(
-        w.forward, ids, (mask,), target=target, layer=w.state_layer, attention_mask=mask
+        w.forward, ids, (mask,), target=target, state_layer=w.state_layer, attention_mask=mask
     )
 
 

@@ -161,7 +161,7 @@ def build_examples(
         ``short`` (under :data:`MIN_WORDS` words), ``one_token`` (a prompt of one token:
         no k to score), ``empty`` (the continuation is EOS at once).
     """
-    from captum_perturb._utils.compat import convert_ids_to_pretty_tokens
+    from captum.attr import TextTokenInput
 
     examples: list[LLMExample] = []
     skipped = {"short": 0, "one_token": 0, "empty": 0}
@@ -189,7 +189,8 @@ def build_examples(
                 prompt=prompt,
                 prompt_ids=ids,
                 features=features,
-                tokens=convert_ids_to_pretty_tokens(ids[features], tokenizer),
+                # Captum's names of the prompt's features, as its LLM results show them
+                tokens=TextTokenInput(prompt, tokenizer, skip_tokens=[bos]).values,
                 target=target,
                 continuation=tokenizer.decode(target),
                 seed=example_seed(seed, ex_id),
@@ -388,10 +389,21 @@ LogProbFn = Callable[[Sequence[Tensor]], Tensor]
 """Prompts (1-D ids each, BOS included) -> ``(N,)`` the target's total log-probability."""
 
 
+def _answer_log_prob(model: nn.Module, ids: Tensor, n_prompt: int, target: Tensor) -> Tensor:
+    """``(n,)`` float64 total log-probability of ``target`` after each prompt of
+    ``n_prompt`` tokens (teacher forcing, KV cache off), from the model's logits alone: the
+    metric does not run through the package it scores."""
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    at = out.logits[:, n_prompt - 1 : n_prompt - 1 + len(target)].to(torch.float64)
+    lp = torch.log_softmax(at, dim=-1)
+    picked = lp.gather(2, target.to(lp.device).view(1, -1, 1).expand(lp.shape[0], -1, 1))
+    return picked[..., 0].sum(1)
+
+
 def target_log_prob_fn(model: nn.Module, target: Tensor, batch_size: int = 64) -> LogProbFn:
     """:data:`LogProbFn` of ``model`` for the answer ``target`` (teacher forcing, no KV
     cache); prompts of equal length share a batch, so no padding is needed."""
-    from captum_perturb.llm.common import answer_token_log_probs, run_model
 
     def log_prob(prompts: Sequence[Tensor]) -> Tensor:
         out = torch.empty(len(prompts), dtype=torch.float64)
@@ -402,9 +414,7 @@ def target_log_prob_fn(model: nn.Module, target: Tensor, batch_size: int = 64) -
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start : start + batch_size]
                 ids = torch.stack([torch.cat([prompts[i], target]) for i in chunk])
-                with torch.no_grad():
-                    logits = run_model(model, ids)
-                out[chunk] = answer_token_log_probs(logits, length, target).sum(1).cpu()
+                out[chunk] = _answer_log_prob(model, ids, length, target).cpu()
         return out
 
     return log_prob

@@ -42,8 +42,8 @@ import numpy as np
 import torch
 
 from captum_perturb.functional.moments import std_from_moments
-from captum_perturb.layers.layerwise import layer_moments
 from captum_perturb.layers.packaged_std import DATA_DIR, SUFFIX, state_numel, weights_hash
+from captum_perturb.layers.state_std import layer_moments
 from comparisons.models.resources import data_dir, load_encoder, read_sentences
 
 ROWS = 5000

@@ -305,14 +305,17 @@ def _ours(ctx: MethodContext, variant: str, reference: bool = False) -> Attribut
     def compute(x: ExampleInputs) -> Tensor:
         target = x.target if variant == "prob" else None
         std = ctx.state_std(
-            key + (f":{target}" if target is not None else ""), phi, target=target, layer=layer
+            key + (f":{target}" if target is not None else ""),
+            phi,
+            target=target,
+            state_layer=layer,
         )
         return explainer.attribute(
             x.embeds,
             target=target,
             additional_forward_args=(x.mask,),
             feature_mask="token",
-            layer=layer,
+            state_layer=layer,
             attention_mask=x.mask * ~x.example.special.unsqueeze(0),  # specials stay clean
             state_std=std,
             sigma_max=sigma_max,
