@@ -105,23 +105,60 @@ def fixed_point(
     generator: torch.Generator | None,
     progress: Callable[[], None],
 ) -> SigmaEstimate:
-    a_lin, a_lin_var = prob.jacobian_norms(cfg.n_projections, generator)
-    u = prob.solve(a_lin)  # the first-order start
-    batch, n_groups = u.shape
-    log_max = prob.sigma_max.log()[:, None]
+    run = _start(prob, cfg, generator)
+    n_iter = 0
+    for it in range(1, cfg.max_iter + 1):
+        active = (~run.converged).nonzero().squeeze(1)
+        if len(active) == 0:
+            break
+        n_iter = it
+        a_bar64, se_lin = _draw_and_pool(run, prob, cfg, generator, it, active)
+        _update(run, prob, cfg, it, active, a_bar64, se_lin)
+        progress()
+    if n_iter == 0:
+        run.converged[:] = True
+    no_effect = prob.present & (run.a_lin == 0) & ~run.touched
+    return prob.finish(
+        run.u,
+        run.std_error,
+        run.reconstruction,
+        run.converged,
+        n_iter,
+        log_sigma_free=run.u_free,
+        no_effect=no_effect,
+    )
+
+
+@dataclass
+class _Run:
+    """The fixed point's state between iterations, one row per example."""
+
+    a_lin: Tensor  # (B, G) first-order curvature, from the projections
+    a_lin_var: Tensor  # (B, G) its variance (0 where the projections are exact)
+    u: Tensor  # (B, G) log σ, the current iterate
+    # log σ* without the bound, from the latest curvature (the first-order one to start)
+    u_free: Tensor
+    log_max: Tensor  # (B, 1) log σ_max
     # Pooled sums over draws of q = (dR/dlog σ_g) / (2σ_g²), whose mean is a_g(σ), and of
     # its linearised twin l (the same draw at scale h -> 0, mean a_lin, known from the
     # projections): ā = mean(q) - β (mean(l) - a_lin) with the variance-optimal β per
     # group. Exact for a linear state (q = l), plain Monte Carlo when they decorrelate.
     # The moments are kept in float64: where q ≈ l their float32 differences cancel.
+    sums: dict[str, Tensor]
+    std_error: Tensor  # (B, G)
+    touched: Tensor  # (B, G) groups whose draws ever moved the state
+    reconstruction: Tensor  # (B,)
+    rec: Tensor  # (B,) this iteration's mean reconstruction over the draws
+    converged: Tensor  # (B,) bool
+    use_cv: Tensor  # (B,) bool: draws come with their linearised twins
+
+
+def _start(prob: Problem, cfg: FixedPointConfig, generator: torch.Generator | None) -> _Run:
+    """The first-order start: Jacobian norms from projections, σ solved from them."""
+    a_lin, a_lin_var = prob.jacobian_norms(cfg.n_projections, generator)
+    u = prob.solve(a_lin)
+    batch, n_groups = u.shape
     sums = {k: u.new_zeros(batch, 1 if k in _PER_EXAMPLE else n_groups, dtype=_F64) for k in _SUMS}
-    std_error = torch.full_like(u, float("nan"))
-    # log σ* without the bound, from the latest curvature (the first-order one to start)
-    u_free = prob.solve(a_lin, clamp=False)
-    touched = torch.zeros_like(prob.present)  # groups whose draws ever moved the state
-    reconstruction = u.new_zeros(batch)
-    converged = torch.zeros(batch, dtype=torch.bool, device=u.device)
-    n_iter = 0
     # "auto" tries twins only where the projections are exact: elsewhere their error,
     # which no number of draws removes, makes the control variate lose (measured).
     exact = (a_lin_var == 0).all(1)
@@ -130,62 +167,89 @@ def fixed_point(
         if cfg.control_variate == "auto"
         else torch.full_like(exact, cfg.control_variate == "always")
     )
-    for it in range(1, cfg.max_iter + 1):
-        active = (~converged).nonzero().squeeze(1)
-        if len(active) == 0:
-            break
-        n_iter = it
-        if it == cfg.burn_in + 1:
-            # forget the draws taken on the way from the first-order start
-            for acc in sums.values():
-                acc[active] = 0.0
-        draws = _draw(prob, u, active, use_cv, cfg, generator, it <= cfg.burn_in)
-        # later draws weigh more (weight k for the k-th pooled iteration): the curvature
-        # depends on σ, and the early draws were taken at a σ further from the current one
-        _pool(sums, draws, float(max(1, it - cfg.burn_in)))
-        moving = torch.zeros_like(sums["q"]).index_add_(0, draws.rows, (draws.q != 0).to(_F64))
-        touched |= moving > 0
-        rec = torch.zeros_like(reconstruction).index_add_(0, draws.rows, draws.res)
-        rec = rec / cfg.n_samples
-        if it == 1 and cfg.control_variate == "auto":
-            drop = _drop_twins(sums, active, prob.present, a_lin_var, cfg)
-            use_cv[drop] = False
-        a_bar64, se_lin = _curvature(sums, active, a_lin, a_lin_var)
-        a_bar = a_bar64.to(u.dtype)
-        u_old = u[active]
-        unknown, free, target = _step(
-            prob, a_bar64, active, touched, u_free, u_old, log_max[active]
-        )
-        u_new = u_old + cfg.damping * (target - u_old)
-        interior = ~unknown & (target < log_max[active] - _AT_BOUND)
-        se = _fixed_point_std_error(sums, active, a_bar64, se_lin, interior).to(u.dtype)
-        # the reconstruction of this iteration's draws, carried to the returned σ by the
-        # local quadratic model R(σ) ≈ Σ_g a_g σ_g² (exact for a linear state)
-        carry = (a_bar * ((2 * u_new).exp() - (2 * u_old).exp())).nan_to_num(0.0).sum(1)
-        reconstruction[active] = rec[active] + carry
-        score_old = channel_score(log_max[active], u_free[active])
-        u[active] = u_new
-        u_free[active] = torch.where(u_new < log_max[active] - _AT_BOUND, u_new, free)
-        std_error[active] = se
-        if it >= cfg.min_iter:
-            converged[active] = _stopped(
-                prob.present[active],
-                u_new,
-                u_old,
-                u_free[active],
-                score_old,
-                se,
-                unknown,
-                log_max[active],
-                cfg,
-            )
-        progress()
-    if n_iter == 0:
-        converged[:] = True
-    no_effect = prob.present & (a_lin == 0) & ~touched
-    return prob.finish(
-        u, std_error, reconstruction, converged, n_iter, log_sigma_free=u_free, no_effect=no_effect
+    return _Run(
+        a_lin=a_lin,
+        a_lin_var=a_lin_var,
+        u=u,
+        u_free=prob.solve(a_lin, clamp=False),
+        log_max=prob.sigma_max.log()[:, None],
+        sums=sums,
+        std_error=torch.full_like(u, float("nan")),
+        touched=torch.zeros_like(prob.present),
+        reconstruction=u.new_zeros(batch),
+        rec=u.new_zeros(batch),
+        converged=torch.zeros(batch, dtype=torch.bool, device=u.device),
+        use_cv=use_cv,
     )
+
+
+def _draw_and_pool(
+    run: _Run,
+    prob: Problem,
+    cfg: FixedPointConfig,
+    generator: torch.Generator | None,
+    it: int,
+    active: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Iteration ``it``'s draws for the ``active`` examples, pooled into the sums; returns
+    the pooled curvature ā (float64) and the standard error of its first-order part."""
+    sums = run.sums
+    if it == cfg.burn_in + 1:
+        # forget the draws taken on the way from the first-order start
+        for acc in sums.values():
+            acc[active] = 0.0
+    draws = _draw(prob, run.u, active, run.use_cv, cfg, generator, it <= cfg.burn_in)
+    # later draws weigh more (weight k for the k-th pooled iteration): the curvature
+    # depends on σ, and the early draws were taken at a σ further from the current one
+    _pool(sums, draws, float(max(1, it - cfg.burn_in)))
+    moving = torch.zeros_like(sums["q"]).index_add_(0, draws.rows, (draws.q != 0).to(_F64))
+    run.touched |= moving > 0
+    rec = torch.zeros_like(run.reconstruction).index_add_(0, draws.rows, draws.res)
+    run.rec = rec / cfg.n_samples
+    if it == 1 and cfg.control_variate == "auto":
+        drop = _drop_twins(sums, active, prob.present, run.a_lin_var, cfg)
+        run.use_cv[drop] = False
+    return _curvature(sums, active, run.a_lin, run.a_lin_var)
+
+
+def _update(
+    run: _Run,
+    prob: Problem,
+    cfg: FixedPointConfig,
+    it: int,
+    active: Tensor,
+    a_bar64: Tensor,
+    se_lin: Tensor,
+) -> None:
+    """The damped step of the ``active`` examples to the target log σ, their standard
+    errors, reconstruction, and whether they stop."""
+    u, log_max = run.u, run.log_max[active]
+    a_bar = a_bar64.to(u.dtype)
+    u_old = u[active]
+    unknown, free, target = _step(prob, a_bar64, active, run.touched, run.u_free, u_old, log_max)
+    u_new = u_old + cfg.damping * (target - u_old)
+    interior = ~unknown & (target < log_max - _AT_BOUND)
+    se = _fixed_point_std_error(run.sums, active, a_bar64, se_lin, interior).to(u.dtype)
+    # the reconstruction of this iteration's draws, carried to the returned σ by the
+    # local quadratic model R(σ) ≈ Σ_g a_g σ_g² (exact for a linear state)
+    carry = (a_bar * ((2 * u_new).exp() - (2 * u_old).exp())).nan_to_num(0.0).sum(1)
+    run.reconstruction[active] = run.rec[active] + carry
+    score_old = channel_score(log_max, run.u_free[active])
+    u[active] = u_new
+    run.u_free[active] = torch.where(u_new < log_max - _AT_BOUND, u_new, free)
+    run.std_error[active] = se
+    if it >= cfg.min_iter:
+        run.converged[active] = _stopped(
+            prob.present[active],
+            u_new,
+            u_old,
+            run.u_free[active],
+            score_old,
+            se,
+            unknown,
+            log_max,
+            cfg,
+        )
 
 
 def _step(

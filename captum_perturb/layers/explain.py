@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -39,7 +39,7 @@ from captum_perturb._utils.hooks import run_until_captured
 from captum_perturb._utils.model_state import evaluation_mode
 from captum_perturb.config import LAYERWISE
 from captum_perturb.functional.diagnostics import warn_if_needed
-from captum_perturb.functional.estimate import StateFn, estimate_sigma
+from captum_perturb.functional.estimate import SigmaEstimate, StateFn, estimate_sigma
 from captum_perturb.functional.moments import (
     FALLBACK_LABEL,
     embedding_sigma_max,
@@ -147,51 +147,28 @@ def explain_layers(
     blocks = transformer_blocks(model)
     chosen = chosen_layers(layers, len(blocks))
     ids, mask, side = unpack_encoding(encoding)
-    special = _special(encoding, tokenizer, ids)
-    if special_tokens == "exclude" and special is None:
-        raise ValueError(
-            "special_tokens='exclude' needs to know which tokens are special: pass "
-            "tokenizer=..., or tokenize with return_special_tokens_mask=True"
-        )
-    n_sent, n_tok = ids.shape
-    n_lay = len(chosen)
-    given = "state_std"
-    if state_std is None:
-        packaged = packaged_state_std(model)
-        if packaged is not None:
-            state_std, given = packaged.std, PACKAGED_LABEL
-    device = ids.device
+    special = _special_tokens(encoding, tokenizer, ids, special_tokens)
+    state_std, given = _given_or_packaged(model, state_std)
     with evaluation_mode([model]):
         with torch.no_grad():
             # the embedding output (where the noise goes) comes with every pass
             clean = layer_states(model, blocks, sorted({0, *chosen}), ids, mask, side)
         x0 = clean[0]
-        dim, dtype = x0.shape[-1], x0.dtype
-        # one "example" of the estimator per sentence × layer
-        ex_sent = torch.arange(n_sent, device=device).repeat_interleave(n_lay)
-        ex_layer = torch.tensor(chosen, device=device).repeat(n_sent)
-        real = mask.bool()
-        counted = real if state_positions is None else real & _positions(state_positions, ids)
-        perturbed = real & ~special if special_tokens == "exclude" and special is not None else real
-        positions = torch.arange(n_tok, device=device).expand(n_sent, n_tok)
-        token_group = torch.where(perturbed, positions, torch.full_like(positions, -1))
-        groups = token_group[ex_sent].unsqueeze(-1).expand(-1, -1, dim).contiguous()
+        copies = _copies(chosen, mask, special, special_tokens, state_positions, ids, x0.shape[-1])
         inv, std_mask, normaliser = _layer_scales(
-            chosen, state_std, given, clean, counted, ex_layer
+            chosen, state_std, given, clean, copies.counted, copies.layer
         )
-        out_mask = counted[ex_sent].unsqueeze(-1).to(dtype).expand(-1, -1, dim) * std_mask
-        state_fn = _staircase_state(model, blocks, ids, mask, side, ex_sent, ex_layer, inv)
         smax, source = _default_sigma_max(model, opts.sigma_max)
         estimate = estimate_sigma(
-            state_fn,
-            (x0[ex_sent].detach(),),
-            (groups,),
+            _staircase_state(model, blocks, ids, mask, side, copies.sentence, copies.layer, inv),
+            (x0[copies.sentence].detach(),),
+            (copies.groups,),
             sigma_max=smax,
             rate=opts.rate,
-            state_std=torch.ones(dim, dtype=dtype, device=device),
-            output_mask=out_mask,
+            state_std=torch.ones(x0.shape[-1], dtype=x0.dtype, device=ids.device),
+            output_mask=copies.output_mask(x0.dtype) * std_mask,
             config=config,
-            generator=make_generator(opts.seed, device),
+            generator=make_generator(opts.seed, ids.device),
             batch_size=internal_batch_size,
             show_progress=opts.show_progress,
             progress_desc="information per layer",
@@ -206,6 +183,75 @@ def explain_layers(
         stacklevel=2,
         internal_batch_size=internal_batch_size,
     )
+    return _information(
+        estimate, chosen, ids, tokenizer, mask, special, (smax, source), opts.rate, normaliser,
+        x0.shape[-1],
+    )  # fmt: skip
+
+
+class _Copies(NamedTuple):
+    """The estimator's examples: one copy of each sentence per explained layer."""
+
+    sentence: Tensor  # (E,) the sentence of each copy
+    layer: Tensor  # (E,) the layer it explains
+    counted: Tensor  # (N, T) the positions whose states are compared
+    groups: Tensor  # (E, T, D) one group per perturbed token, -1 for the rest
+
+    def output_mask(self, dtype: torch.dtype) -> Tensor:
+        """``(E, T, D)`` 1 at the counted positions of each copy's sentence."""
+        dim = self.groups.shape[-1]
+        return self.counted[self.sentence].unsqueeze(-1).to(dtype).expand(-1, -1, dim)
+
+
+def _copies(
+    chosen: Sequence[int],
+    mask: Tensor,
+    special: Tensor | None,
+    special_tokens: str,
+    state_positions: Tensor | None,
+    ids: Tensor,
+    dim: int,
+) -> _Copies:
+    """One copy of each sentence per layer (sentence-major), its groups and counted
+    positions: real tokens, less the special ones for ``special_tokens="exclude"``."""
+    (n_sent, n_tok), device = ids.shape, ids.device
+    sentence = torch.arange(n_sent, device=device).repeat_interleave(len(chosen))
+    layer = torch.tensor(chosen, device=device).repeat(n_sent)
+    real = mask.bool()
+    counted = real if state_positions is None else real & _positions(state_positions, ids)
+    perturbed = real & ~special if special_tokens == "exclude" and special is not None else real
+    positions = torch.arange(n_tok, device=device).expand(n_sent, n_tok)
+    token_group = torch.where(perturbed, positions, torch.full_like(positions, -1))
+    groups = token_group[sentence].unsqueeze(-1).expand(-1, -1, dim).contiguous()
+    return _Copies(sentence, layer, counted, groups)
+
+
+def _given_or_packaged(
+    model: nn.Module, state_std: Mapping[int, Tensor] | None
+) -> tuple[Mapping[int, Tensor] | None, str]:
+    """σ_S as given, else the packaged σ_S of a known model (else None), and its label."""
+    if state_std is None:
+        packaged = packaged_state_std(model)
+        if packaged is not None:
+            return packaged.std, PACKAGED_LABEL
+    return state_std, "state_std"
+
+
+def _information(
+    estimate: SigmaEstimate,
+    chosen: list[int],
+    ids: Tensor,
+    tokenizer: Any,
+    mask: Tensor,
+    special: Tensor | None,
+    sigma_max: tuple[float, str],
+    rate: float,
+    normaliser: Mapping[int, str],
+    dim: int,
+) -> LayerInformation:
+    """The estimate on the ``sentences × layers × tokens`` grid, as a LayerInformation."""
+    (n_sent, n_tok), n_lay = ids.shape, len(chosen)
+    real = mask.bool()
     return LayerInformation(
         layers=chosen,
         tokens=_token_strings(ids, tokenizer),
@@ -216,13 +262,27 @@ def explain_layers(
         converged=estimate.converged.reshape(n_sent, n_lay).cpu(),
         mask=real.cpu(),
         special=(special if special is not None else torch.zeros_like(real)).cpu(),
-        sigma_max=smax,
-        sigma_max_source=source,
-        rate=float(opts.rate),
+        sigma_max=sigma_max[0],
+        sigma_max_source=sigma_max[1],
+        rate=float(rate),
         normaliser={str(k): v for k, v in normaliser.items()},
         dim=dim,
         evaluations=estimate.evaluations.reshape(n_sent, n_lay).cpu(),
     )
+
+
+def _special_tokens(
+    encoding: Mapping[str, Any], tokenizer: Any, ids: Tensor, special_tokens: str
+) -> Tensor | None:
+    """``(N, T)`` True at special tokens (from ``special_tokens_mask`` or the tokenizer),
+    None where neither says, which ``special_tokens="exclude"`` cannot use."""
+    special = _special(encoding, tokenizer, ids)
+    if special_tokens == "exclude" and special is None:
+        raise ValueError(
+            "special_tokens='exclude' needs to know which tokens are special: pass "
+            "tokenizer=..., or tokenize with return_special_tokens_mask=True"
+        )
+    return special
 
 
 def _special(encoding: Mapping[str, Any], tokenizer: Any, ids: Tensor) -> Tensor | None:
