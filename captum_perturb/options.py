@@ -23,6 +23,7 @@ from typing import Any, Literal, TypedDict
 import torch
 from torch import Tensor
 
+from captum_perturb._utils.common import user_stacklevel
 from captum_perturb.config import EstimatorConfig
 from captum_perturb.functional.diagnostics import check_score
 from captum_perturb.functional.estimate import check_rate
@@ -153,6 +154,6 @@ def renamed(old_value: Any, value: Any, *, old: str, new: str, who: str) -> Any:
     warnings.warn(
         f"{who}: {old}= is now called {new}=; the old name will be removed",
         FutureWarning,
-        stacklevel=3,
+        stacklevel=user_stacklevel(),
     )
     return old_value

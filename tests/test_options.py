@@ -210,3 +210,20 @@ def test_options_default_is_the_documented_default() -> None:
     plain = pe.explain(x, state_std=torch.ones(3))
     boxed = pe.explain(x, options=EstimatorOptions(state_std=torch.ones(3), config=DEFAULT))
     assert torch.equal(plain.estimate.sigma, boxed.estimate.sigma)
+
+
+def test_warnings_point_at_the_callers_line() -> None:
+    """Every warning of a call is attributed to the caller's line (here: this file), not
+    to a line inside the package or Captum's ``log_usage`` wrapper, however deep the call
+    chain: that is where a user reads it and where warning filters match it."""
+    model = _model()
+    pe = PerturbationEntropyAttribution(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pe.attribute(torch.randn(2, 4), config=FixedPointConfig(max_iter=2, tol=1e-6))
+        pe.attribute(torch.randn(2, 4), layer=model[1], state_std=torch.ones(6))
+        explain_layers(_bert(), _encoding(), [1], config=QUICK)
+    kinds = {type(w.message) for w in caught}
+    assert kinds == {UserWarning, FutureWarning}, kinds
+    assert len(caught) >= 4  # fallback σ_S ×2, unconverged, renamed keyword, ...
+    assert {w.filename for w in caught} == {__file__}, [(w.filename, w.lineno) for w in caught]

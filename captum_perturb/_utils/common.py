@@ -1,7 +1,8 @@
-"""Seeding and side-input indexing, shared by every entry point."""
+"""Seeding, side-input indexing and where warnings point, shared by every entry point."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -31,3 +32,19 @@ def index_args(args: tuple[Any, ...] | None, rows: Tensor) -> tuple[Any, ...]:
     if args is None:
         return ()
     return tuple(a[rows.to(a.device)] if isinstance(a, Tensor) and a.dim() > 0 else a for a in args)
+
+
+#: packages whose frames a warning skips to reach the caller's line
+_OURS = ("captum_perturb", "captum")
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a ``warnings.warn`` in the calling function point at
+    the first frame outside ``captum_perturb`` and Captum (whose ``log_usage`` wraps our
+    ``attribute``): the user's own line, however deep the package's call chain is."""
+    frame = sys._getframe(1)  # the function about to warn: stacklevel 1
+    level = 1
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").split(".")[0] in _OURS:
+        frame = frame.f_back
+        level += 1
+    return level

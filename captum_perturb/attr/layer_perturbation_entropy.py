@@ -161,52 +161,8 @@ class LayerPerturbationEntropyAttribution(EntropyFlags, LayerAttribution, Pertur
         """Like :meth:`attribute`, returning σ, entropies and diagnostics too."""
         who = self.get_name()
         opts = resolve_options(options, settings, who)
-        layer = self.layer
-        to_input = attribute_to_layer_input
-        dtypes: list[torch.dtype] = []  # the layer value's own dtype, set by site()
-
-        def site(inp: tuple[Any, ...], batch: int, call_model: Callable[..., Any]) -> Site:
-            rows_all = torch.arange(batch)
-            value = captured_value(
-                layer, lambda: call_model(inp, rows_all.to(_device(inp))), layer_input=to_input
-            ).detach()
-            if not value.is_floating_point():
-                raise TypeError(
-                    f"the {'input' if to_input else 'output'} of {type(layer).__name__} has dtype "
-                    f"{value.dtype}; noise needs a floating-point layer value (e.g. the output "
-                    "of the embedding layer)"
-                )
-            # a half-precision value is perturbed in float32 (replace() rounds it back
-            # for the model) and the state compared in float32 (_checks.working_dtype)
-            dtypes.append(value.dtype)
-            value = value.to(working_dtype(value.dtype))
-            if value.dim() == 0 or value.shape[0] != batch:
-                raise ValueError(
-                    f"the layer's value has shape {tuple(value.shape)}, without the batch of "
-                    f"{batch} as dim 0; choose a layer whose value is batch-first"
-                )
-
-            def run(
-                pert: tuple[Tensor, ...], rows: Tensor, state_of: Callable[..., Tensor]
-            ) -> Tensor:
-                done: list[bool] = []
-                with replace(layer, pert[0], done, layer_input=to_input):
-                    state = state_of(lambda: call_model(index_args(inp, rows), rows))
-                if not done:
-                    raise ValueError(
-                        "the explained state was read before the perturbed layer ran: "
-                        "state_layer must come after the perturbed layer"
-                    )
-                return state.to(working_dtype(state.dtype))
-
-            return Site(
-                values=(value,),
-                run=run,
-                is_tuple=False,
-                embedding=None if to_input else embedding_matrix(layer),
-                modules=(layer,),
-            )
-
+        dtypes: list[torch.dtype] = []  # the layer value's own dtype, set by the site
+        site = _layer_site(self.layer, attribute_to_layer_input, dtypes)
         result = explain(
             self.forward_func,
             site,
@@ -221,6 +177,71 @@ class LayerPerturbationEntropyAttribution(EntropyFlags, LayerAttribution, Pertur
             desc=f"{who} attribution",
         )
         return in_dtypes(result, tuple(dtypes[:1]))
+
+
+def _layer_site(
+    layer: nn.Module, to_input: bool, dtypes: list[torch.dtype]
+) -> Callable[[tuple[Any, ...], int, Callable[..., Any]], Site]:
+    """The site factory of the layer class: the noise replaces ``layer``'s output (or
+    first input); the value's own dtype is appended to ``dtypes``."""
+
+    def site(inp: tuple[Any, ...], batch: int, call_model: Callable[..., Any]) -> Site:
+        value = _layer_value(layer, to_input, inp, batch, call_model)
+        # a half-precision value is perturbed in float32 (replace() rounds it back
+        # for the model) and the state compared in float32 (checks.working_dtype)
+        dtypes.append(value.dtype)
+        value = value.to(working_dtype(value.dtype))
+
+        def run(pert: tuple[Tensor, ...], rows: Tensor, state_of: Callable[..., Tensor]) -> Tensor:
+            done: list[bool] = []
+            with replace(layer, pert[0], done, layer_input=to_input):
+                state = state_of(lambda: call_model(index_args(inp, rows), rows))
+            if not done:
+                raise ValueError(
+                    "the explained state was read before the perturbed layer ran: "
+                    "state_layer must come after the perturbed layer"
+                )
+            return state.to(working_dtype(state.dtype))
+
+        return Site(
+            values=(value,),
+            run=run,
+            is_tuple=False,
+            embedding=None if to_input else embedding_matrix(layer),
+            modules=(layer,),
+        )
+
+    return site
+
+
+def _layer_value(
+    layer: nn.Module,
+    to_input: bool,
+    inp: tuple[Any, ...],
+    batch: int,
+    call_model: Callable[..., Any],
+) -> Tensor:
+    """The layer's clean value, checked: floating point, batch-first.
+
+    Raises:
+        TypeError, ValueError: naming the layer and what to choose instead.
+    """
+    rows_all = torch.arange(batch)
+    value = captured_value(
+        layer, lambda: call_model(inp, rows_all.to(_device(inp))), layer_input=to_input
+    ).detach()
+    if not value.is_floating_point():
+        raise TypeError(
+            f"the {'input' if to_input else 'output'} of {type(layer).__name__} has dtype "
+            f"{value.dtype}; noise needs a floating-point layer value (e.g. the output "
+            "of the embedding layer)"
+        )
+    if value.dim() == 0 or value.shape[0] != batch:
+        raise ValueError(
+            f"the layer's value has shape {tuple(value.shape)}, without the batch of "
+            f"{batch} as dim 0; choose a layer whose value is batch-first"
+        )
+    return value
 
 
 def _device(inputs: tuple[Any, ...]) -> torch.device:

@@ -173,19 +173,12 @@ def explain(
     batch, attention_mask = check_call(
         tuple_inputs, args, modules, target, attention_mask, internal_batch_size
     )
-    state_std = options.state_std
-    if state_std is not None and not isinstance(state_std, Tensor):
-        raise TypeError(
-            f"state_std must be a tensor broadcastable to one example's state, got "
-            f"{type(state_std).__name__} (a {{layer: σ_S}} mapping is for explain_layers)"
-        )
+    state_std = _tensor_state_std(options)
 
     def call_model(model_inputs: tuple[Any, ...], rows: Tensor) -> Any:
         return forward_func(*model_inputs, *index_args(args, rows))
 
     state_of = target_state(state_layer, target)
-    output_mask = padding_output_mask(attention_mask)
-
     with evaluation_mode(modules), torch.no_grad():
         site = site_factory(tuple_inputs, batch, call_model)
     with evaluation_mode([*modules, *site.modules]):
@@ -199,7 +192,6 @@ def explain(
             return site.run(perturbed, rows, lambda run: state_of(run, rows))
 
         fn: StateFn = state_fn
-        cfg = DEFAULT if options.config is None else options.config
         est = estimate_sigma(
             fn,
             site.values,
@@ -207,21 +199,55 @@ def explain(
             sigma_max=smax,
             rate=options.rate,
             state_std=state_std,
-            output_mask=output_mask,
-            config=cfg,
+            output_mask=padding_output_mask(attention_mask),
+            config=options.config or DEFAULT,
             generator=make_generator(options.seed, site.values[0].device),
             batch_size=internal_batch_size,
             show_progress=options.show_progress,
             progress_desc=desc,
         )
-    score = options.score or "channel"
-    scores = score_of(est, score)
-    who = desc.removesuffix(" attribution")
     # positions without effect look like padding only when the groups are positions
     by_token = isinstance(feature_mask, str) and feature_mask == "token"
     masked = attention_mask is not None or not by_token
+    return _result(est, site, groups, table, source, options, masked, internal_batch_size, desc)
+
+
+def _tensor_state_std(options: EstimatorOptions) -> Tensor | None:
+    """The options' σ_S, which the Captum classes take as a tensor.
+
+    Raises:
+        TypeError: a ``{layer: σ_S}`` mapping or anything else that is not a tensor.
+    """
+    state_std = options.state_std
+    if state_std is not None and not isinstance(state_std, Tensor):
+        raise TypeError(
+            f"state_std must be a tensor broadcastable to one example's state, got "
+            f"{type(state_std).__name__} (a {{layer: σ_S}} mapping is for explain_layers)"
+        )
+    return state_std
+
+
+def _result(
+    est: SigmaEstimate,
+    site: Site,
+    groups: tuple[Tensor, ...],
+    table: Tensor,
+    source: str,
+    options: EstimatorOptions,
+    masked: bool,
+    internal_batch_size: int | None,
+    desc: str,
+) -> PerturbationEntropyResult:
+    """The estimate's scores put back on the inputs' elements, after its one warning."""
+    score = options.score or "channel"
+    scores = score_of(est, score)
     warn_if_needed(
-        est, cfg, masked=masked, score=score, who=who, internal_batch_size=internal_batch_size
+        est,
+        options.config or DEFAULT,
+        masked=masked,
+        score=score,
+        who=desc.removesuffix(" attribution"),
+        internal_batch_size=internal_batch_size,
     )
     attributions, sigma = per_element(est, scores, site, groups, table.shape[1])
     return PerturbationEntropyResult(
@@ -230,7 +256,7 @@ def explain(
         estimate=est,
         group_ids=table,
         sigma_max_source=source,
-        normaliser=FALLBACK_LABEL if state_std is None else "state_std",
+        normaliser=FALLBACK_LABEL if options.state_std is None else "state_std",
         score=score,
     )
 
@@ -290,8 +316,8 @@ def target_state(
                 run,
                 what="the explained layer",
                 fix=NOT_CALLED + " (a deep copy of it, as captum.metrics.sensitivity_max makes "
-                "of its keyword arguments, never runs: pass layer by name there, e.g. "
-                "layer='encoder.layer.2')",
+                "of its keyword arguments, never runs: pass state_layer by name there, "
+                "e.g. state_layer='encoder.layer.2')",
             )
         if callable(target):
             return select_callable(target, out)

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
+from captum_perturb._utils.common import user_stacklevel
 from captum_perturb._utils.distributed import (
     all_succeeded,
     is_shard,
@@ -350,53 +351,66 @@ def _explainer(
 ) -> tuple[str, list[nn.Module], _Explain]:
     """``(method name, modules, explain(batch, seed) -> (columns, run fields))``."""
     if isinstance(explainer, nn.Module):
-        model = explainer
-
-        def layers(batch: _Batch, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
-            device = next(model.parameters()).device
-            info = explain_layers(
-                model, _to_device(batch.data, device), tokenizer=tokenizer, seed=seed, **kwargs
-            )
-            run = {
-                "sigma_max": info.sigma_max,
-                "sigma_max_source": info.sigma_max_source,
-                "rate": info.rate,
-                "normaliser": info.normaliser,
-                "dim": info.dim,
-                "layers": info.layers,
-            }
-            return _layer_rows(info, batch.ids), run
-
-        return "explain_layers", [model], layers
+        return "explain_layers", [explainer], _layers_explainer(explainer, tokenizer, kwargs)
     if isinstance(explainer, (PerturbationEntropyAttribution, LayerPerturbationEntropyAttribution)):
-        attr = explainer
-        if attribute_args is None and not isinstance(attr, LayerPerturbationEntropyAttribution):
-            raise TypeError(
-                "PerturbationEntropyAttribution perturbs the forward function's inputs, which "
-                "explain_corpus cannot build from a batch of token ids: pass "
-                "attribute_args=lambda batch: {'inputs': embeddings_of(batch), "
-                "'additional_forward_args': (batch['attention_mask'],), ...}"
-            )
-        to_args = attribute_args or _default_args
-        extra = [attr.layer] if isinstance(attr, LayerPerturbationEntropyAttribution) else []
-        modules = modules_of(attr.forward_func, extra=extra)
-        mask = kwargs.get("layer_mask", kwargs.get("feature_mask", "token"))
-        by_token = isinstance(mask, str) and mask == "token"
-
-        def captum(batch: _Batch, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
-            device = next(p.device for m in modules for p in m.parameters())
-            data = _to_device(batch.data, device)
-            args = {**to_args(data), **kwargs}
-            result = attr.explain(seed=seed, **args)
-            run = {"score": result.score, "normaliser": result.normaliser}
-            return _attribution_rows(result, batch.ids, data, tokenizer, by_token), run
-
-        return type(attr).__name__, modules, captum
+        return _captum_explainer(explainer, tokenizer, attribute_args, kwargs)
     raise TypeError(
         f"explain_corpus explains with an nn.Module (explain_layers) or a "
         f"PerturbationEntropyAttribution / LayerPerturbationEntropyAttribution, not a "
         f"{type(explainer).__name__}"
     )
+
+
+def _layers_explainer(model: nn.Module, tokenizer: Any, kwargs: dict[str, Any]) -> _Explain:
+    """``explain_layers`` on each batch: one row per example × layer × token."""
+
+    def layers(batch: _Batch, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        device = next(model.parameters()).device
+        info = explain_layers(
+            model, _to_device(batch.data, device), tokenizer=tokenizer, seed=seed, **kwargs
+        )
+        run = {
+            "sigma_max": info.sigma_max,
+            "sigma_max_source": info.sigma_max_source,
+            "rate": info.rate,
+            "normaliser": info.normaliser,
+            "dim": info.dim,
+            "layers": info.layers,
+        }
+        return _layer_rows(info, batch.ids), run
+
+    return layers
+
+
+def _captum_explainer(
+    attr: PerturbationEntropyAttribution | LayerPerturbationEntropyAttribution,
+    tokenizer: Any,
+    attribute_args: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None,
+    kwargs: dict[str, Any],
+) -> tuple[str, list[nn.Module], _Explain]:
+    """The class's ``explain`` on each batch: one row per example × feature group."""
+    if attribute_args is None and not isinstance(attr, LayerPerturbationEntropyAttribution):
+        raise TypeError(
+            "PerturbationEntropyAttribution perturbs the forward function's inputs, which "
+            "explain_corpus cannot build from a batch of token ids: pass "
+            "attribute_args=lambda batch: {'inputs': embeddings_of(batch), "
+            "'additional_forward_args': (batch['attention_mask'],), ...}"
+        )
+    to_args = attribute_args or _default_args
+    extra = [attr.layer] if isinstance(attr, LayerPerturbationEntropyAttribution) else []
+    modules = modules_of(attr.forward_func, extra=extra)
+    mask = kwargs.get("layer_mask", kwargs.get("feature_mask", "token"))
+    by_token = isinstance(mask, str) and mask == "token"
+
+    def captum(batch: _Batch, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        device = next(p.device for m in modules for p in m.parameters())
+        data = _to_device(batch.data, device)
+        args = {**to_args(data), **kwargs}
+        result = attr.explain(seed=seed, **args)
+        run = {"score": result.score, "normaliser": result.normaliser}
+        return _attribution_rows(result, batch.ids, data, tokenizer, by_token), run
+
+    return type(attr).__name__, modules, captum
 
 
 def _describe(value: Any) -> Any:
@@ -633,7 +647,7 @@ def _warn(warned: list[str], unconverged: int, explained: int, rank: int, world:
         listed = "; ".join(f"{k}× '{m}'" for m, k in counts.most_common(3))
         more = f" and {len(counts) - 3} other messages" if len(counts) > 3 else ""
         parts.append(f"the explainer warned on its batches: {listed}{more}")
-    warnings.warn(f"{who}: " + "; ".join(parts), UserWarning, stacklevel=3)
+    warnings.warn(f"{who}: " + "; ".join(parts), UserWarning, stacklevel=user_stacklevel())
 
 
 def read_layer_information(path: str | Path) -> LayerInformation:
@@ -654,13 +668,8 @@ def read_layer_information(path: str | Path) -> LayerInformation:
         raise ValueError(f"{path} holds {meta['settings']['method']} rows, not explain_layers")
     run = meta["run"]
     col = {k: table.column(k).to_numpy(zero_copy_only=False) for k in COLUMNS}
-    ids, first = np.unique(col["example"], return_index=True)
-    order = ids[np.argsort(first)]
-    row_of = {int(e): i for i, e in enumerate(order)}
-    s = np.asarray([row_of[int(e)] for e in col["example"]], dtype=np.int64)
     layers = list(run["layers"])
-    j = np.searchsorted(np.asarray(layers), col["layer"])
-    p = col["position"].astype(np.int64)
+    order, s, j, p = _grid_index(col, layers)
     n, n_lay, t = len(order), len(layers), int(p.max()) + 1
 
     def grid(values: np.ndarray) -> Tensor:
@@ -698,6 +707,19 @@ def read_layer_information(path: str | Path) -> LayerInformation:
         meta={"examples": [int(e) for e in order]},
         evaluations=per_layer(col["evaluations"].astype(np.int64), torch.long),
     )
+
+
+def _grid_index(
+    col: Mapping[str, np.ndarray], layers: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where each row goes on the ``examples × layers × positions`` grid: the example ids
+    in table order, and each row's example, layer and position index."""
+    ids, first = np.unique(col["example"], return_index=True)
+    order = ids[np.argsort(first)]
+    row_of = {int(e): i for i, e in enumerate(order)}
+    s = np.asarray([row_of[int(e)] for e in col["example"]], dtype=np.int64)
+    j = np.searchsorted(np.asarray(layers), col["layer"])
+    return order, s, j, col["position"].astype(np.int64)
 
 
 __all__ = ["COLUMNS", "explain_corpus", "read_layer_information"]

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from captum_perturb._utils.common import user_stacklevel
 from captum_perturb._utils.io import atomic_write, parquet
 
 _KEY = b"captum_perturb"
@@ -150,7 +151,7 @@ class PartStore:
                     f"explain_corpus: part {self.part_path(b)} is corrupt ({err}); deleted, "
                     f"batch {b} is explained again",
                     UserWarning,
-                    stacklevel=3,
+                    stacklevel=user_stacklevel(),
                 )
                 self.part_path(b).unlink(missing_ok=True)
             else:
@@ -183,25 +184,7 @@ class PartStore:
             writer = None
             buffer: list[Any] = []
             for b in range(n_batches):
-                try:
-                    table, record = self.read_part(b)
-                except Exception as err:
-                    if not _is_damage(err):
-                        raise
-                    raise ValueError(
-                        f"part {self.part_path(b)} is corrupt ({err}); run the same command "
-                        "again: the part is detected, deleted and redone"
-                    ) from err
-                twice = seen & set(record["examples"])
-                if twice:
-                    raise ValueError(
-                        f"examples {sorted(twice)[:5]} are in two batches: the batches' ids "
-                        "(id_key) must name every example once in the corpus"
-                    )
-                seen.update(record["examples"])
-                if run and record["run"] != run:
-                    raise ValueError(f"batch {b}'s estimator settings differ: {record['run']}")
-                run.update(record["run"])
+                table = self._checked_part(b, seen, run)
                 buffer.append(table.replace_schema_metadata(None))
                 if sum(t.num_rows for t in buffer) >= _ROW_GROUP or b == n_batches - 1:
                     merged = pa.concat_tables(buffer)
@@ -218,3 +201,31 @@ class PartStore:
             raise ValueError("the corpus has no batch")
         atomic_write(out, write)
         return out
+
+    def _checked_part(self, b: int, seen: set[int], run: dict[str, Any]) -> Any:
+        """Part ``b`` for the merge, checked against the parts before it (``seen``
+        examples and ``run`` settings, both updated).
+
+        Raises:
+            ValueError: the part is corrupt, repeats an example, or has other settings.
+        """
+        try:
+            table, record = self.read_part(b)
+        except Exception as err:
+            if not _is_damage(err):
+                raise
+            raise ValueError(
+                f"part {self.part_path(b)} is corrupt ({err}); run the same command "
+                "again: the part is detected, deleted and redone"
+            ) from err
+        twice = seen & set(record["examples"])
+        if twice:
+            raise ValueError(
+                f"examples {sorted(twice)[:5]} are in two batches: the batches' ids "
+                "(id_key) must name every example once in the corpus"
+            )
+        seen.update(record["examples"])
+        if run and record["run"] != run:
+            raise ValueError(f"batch {b}'s estimator settings differ: {record['run']}")
+        run.update(record["run"])
+        return table

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from captum_perturb._utils.common import user_stacklevel
 from captum_perturb._utils.compat import progress
 from captum_perturb.config import DEFAULT, AdamConfig, EstimatorConfig, FixedPointConfig
 from captum_perturb.functional.adam import adam
@@ -86,7 +87,7 @@ def state_weights(state: Tensor, state_std: Tensor | None, output_mask: Tensor |
             "example, as the reference code does. This is unstable for outputs near zero; "
             "estimate σ_S on a corpus with captum_perturb.estimate_state_std.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
         mean_sq = fallback_mean_square(state, mask)
         return mask / (mean_sq * count).reshape(view)
@@ -195,6 +196,39 @@ def estimate_sigma(
         True
     """
     check_rate(rate)
+    smax = _checked_inputs(inputs, sigma_max)
+    n_groups = int(max(int(g.max()) for g in groups)) + 1 if groups else 0
+    if n_groups <= 0:
+        raise ValueError("no element is perturbed: every group id is -1 (all padding?)")
+    everyone = torch.arange(len(smax), device=smax.device)
+    with torch.no_grad():
+        state = state_fn(tuple(x.detach() for x in inputs), everyone).detach()
+    check_finite(state, "The model output")
+    if callable(output_mask):
+        output_mask = output_mask(state)
+    weight = state_weights(state, state_std, output_mask)
+    prob = Problem(
+        state_fn,
+        tuple(x.detach() for x in inputs),
+        groups,
+        n_groups,
+        state,
+        weight,
+        float(rate),
+        smax,
+        batch_size,
+    )
+    prob.count(everyone)  # the clean pass
+    return _solve(prob, config, generator, show_progress, progress_desc)
+
+
+def _checked_inputs(inputs: tuple[Tensor, ...], sigma_max: Tensor | float) -> Tensor:
+    """Check the inputs (floating point, not empty, finite) and return σ_max, one per
+    example.
+
+    Raises:
+        ValueError, TypeError: naming the input or σ_max at fault.
+    """
     if not inputs:
         raise ValueError("inputs is empty: pass at least one tensor to perturb")
     for x in inputs:
@@ -216,28 +250,17 @@ def estimate_sigma(
         )
     for x in inputs:
         check_finite(x, "The inputs")
-    n_groups = int(max(int(g.max()) for g in groups)) + 1 if groups else 0
-    if n_groups <= 0:
-        raise ValueError("no element is perturbed: every group id is -1 (all padding?)")
-    everyone = torch.arange(batch, device=ref.device)
-    with torch.no_grad():
-        state = state_fn(tuple(x.detach() for x in inputs), everyone).detach()
-    check_finite(state, "The model output")
-    if callable(output_mask):
-        output_mask = output_mask(state)
-    weight = state_weights(state, state_std, output_mask)
-    prob = Problem(
-        state_fn,
-        tuple(x.detach() for x in inputs),
-        groups,
-        n_groups,
-        state,
-        weight,
-        float(rate),
-        smax,
-        batch_size,
-    )
-    prob.count(everyone)  # the clean pass
+    return smax
+
+
+def _solve(
+    prob: Problem,
+    config: EstimatorConfig,
+    generator: torch.Generator | None,
+    show_progress: bool,
+    progress_desc: str,
+) -> SigmaEstimate:
+    """Run the configured optimiser on the problem, with a progress bar if asked."""
     if isinstance(config, FixedPointConfig):
         total = config.max_iter
     elif isinstance(config, AdamConfig):

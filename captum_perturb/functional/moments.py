@@ -7,6 +7,8 @@ import warnings
 import torch
 from torch import Tensor
 
+from captum_perturb._utils.common import user_stacklevel
+
 #: what a result records as its normaliser when no corpus σ_S was given
 #: (:func:`fallback_mean_square`)
 FALLBACK_LABEL = "mean square fallback"
@@ -60,7 +62,7 @@ def std_from_moments(
             f"{int(constant.sum())} of {std.numel()} elements of the state are constant over "
             "the corpus; they get state_std = inf and are left out of the loss",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
         std = torch.where(constant, torch.full_like(std, float("inf")), std)
     return std

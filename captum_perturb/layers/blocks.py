@@ -11,6 +11,7 @@ share one forward pass.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -86,67 +87,73 @@ def staircase(
         sink: filled with ``{k: (rows with depth k, T, D)}``, those rows in their order in
             ``depth``; the pass stops (:class:`StopForwardError`) after the deepest block.
     """
-    depth = depth.to(noisy.device)
-    deepest = int(depth.max())
-    n_rows = len(depth)
-    # original row of each row of the batch entering the next block
-    alive = [torch.arange(len(depth), device=noisy.device)]
-    # rows of the current batch that go on, set by block k - 1 for block k's pre-hook
-    keep_next: dict[int, Tensor] = {}
-
-    def enter_first(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if args:
-            old = first_tensor(args, "the first block's input")
-            return (with_first(args, noisy.to(old.dtype)), kwargs)
-        key = "hidden_states" if "hidden_states" in kwargs else next(iter(kwargs))
-        return (args, {**kwargs, key: noisy.to(kwargs[key].dtype)})
-
-    def make_leave(k: int) -> Any:
-        def leave(module: nn.Module, args: Any, out: Any) -> None:
-            state = first_tensor(out, f"the output of block {k}")
-            rows = alive[0]
-            here = depth[rows] == k
-            if bool(here.any()):
-                sink[k] = state[here]
-            if k >= deepest:
-                raise StopForwardError
-            go_on = torch.nonzero(~here).flatten()
-            keep_next[k + 1] = go_on
-            alive[0] = rows[go_on]
-
-        return leave
-
-    def make_cut(k: int) -> Any:
-        # Block k's hidden-state input is block k - 1's output (the rows alive before the
-        # last exit): cut it to the rows going on. Every other batch-shaped argument was
-        # built once for the whole batch by the model (attention masks, position tables)
-        # and is passed again to each block: cut it to the original rows still alive.
-        def cut(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            keep = keep_next.pop(k, None)
-            rows = alive[0]
-            if len(rows) == n_rows:
-                return None
-            in_args = bool(args)
-            key = "hidden_states" if "hidden_states" in kwargs else next(iter(kwargs), "")
-            hidden = first_tensor(args if in_args else (kwargs[key],), f"block {k}'s input")
-            if keep is not None and hidden.shape[0] != len(rows):
-                hidden = hidden.index_select(0, keep.to(hidden.device))
-            if in_args:
-                return ((hidden, *_slice(args[1:], rows, n_rows)), _slice(kwargs, rows, n_rows))
-            rest = _slice({n: v for n, v in kwargs.items() if n != key}, rows, n_rows)
-            return (args, {key: hidden, **rest})
-
-        return cut
-
-    handles = [blocks[0].register_forward_pre_hook(enter_first, with_kwargs=True)]
+    stairs = _Stairs(noisy, depth.to(noisy.device), sink)
+    handles = [blocks[0].register_forward_pre_hook(stairs.enter_first, with_kwargs=True)]
     try:
-        for k in range(1, deepest + 1):
+        for k in range(1, stairs.deepest + 1):
             if k >= 2:
                 handles.append(
-                    blocks[k - 1].register_forward_pre_hook(make_cut(k), with_kwargs=True)
+                    blocks[k - 1].register_forward_pre_hook(
+                        functools.partial(stairs.cut, k), with_kwargs=True
+                    )
                 )
-            handles.append(blocks[k - 1].register_forward_hook(make_leave(k)))
+            handles.append(blocks[k - 1].register_forward_hook(functools.partial(stairs.leave, k)))
         yield
     finally:
         for h in handles:
             h.remove()
+
+
+class _Stairs:
+    """The hooks of one staircase pass and the rows they keep track of."""
+
+    def __init__(self, noisy: Tensor, depth: Tensor, sink: dict[int, Tensor]) -> None:
+        self.noisy, self.depth, self.sink = noisy, depth, sink
+        self.deepest = int(depth.max())
+        self.n_rows = len(depth)
+        # original row of each row of the batch entering the next block
+        self.alive = torch.arange(len(depth), device=noisy.device)
+        # rows of the current batch that go on, set by block k - 1 for block k's pre-hook
+        self.keep_next: dict[int, Tensor] = {}
+
+    def enter_first(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Replace the first block's hidden-state input by the noisy values."""
+        if args:
+            old = first_tensor(args, "the first block's input")
+            return (with_first(args, self.noisy.to(old.dtype)), kwargs)
+        key = "hidden_states" if "hidden_states" in kwargs else next(iter(kwargs))
+        return (args, {**kwargs, key: self.noisy.to(kwargs[key].dtype)})
+
+    def leave(self, k: int, module: nn.Module, args: Any, out: Any) -> None:
+        """After block ``k``: the rows explaining it leave the batch for ``sink``; the
+        pass stops after the deepest block."""
+        state = first_tensor(out, f"the output of block {k}")
+        rows = self.alive
+        here = self.depth[rows] == k
+        if bool(here.any()):
+            self.sink[k] = state[here]
+        if k >= self.deepest:
+            raise StopForwardError
+        go_on = torch.nonzero(~here).flatten()
+        self.keep_next[k + 1] = go_on
+        self.alive = rows[go_on]
+
+    def cut(self, k: int, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Before block ``k``: its hidden-state input is block k - 1's output (the rows
+        alive before the last exit): cut it to the rows going on. Every other batch-shaped
+        argument was built once for the whole batch by the model (attention masks,
+        position tables) and is passed again to each block: cut it to the original rows
+        still alive."""
+        keep = self.keep_next.pop(k, None)
+        rows, n_rows = self.alive, self.n_rows
+        if len(rows) == n_rows:
+            return None
+        in_args = bool(args)
+        key = "hidden_states" if "hidden_states" in kwargs else next(iter(kwargs), "")
+        hidden = first_tensor(args if in_args else (kwargs[key],), f"block {k}'s input")
+        if keep is not None and hidden.shape[0] != len(rows):
+            hidden = hidden.index_select(0, keep.to(hidden.device))
+        if in_args:
+            return ((hidden, *_slice(args[1:], rows, n_rows)), _slice(kwargs, rows, n_rows))
+        rest = _slice({n: v for n, v in kwargs.items() if n != key}, rows, n_rows)
+        return (args, {key: hidden, **rest})

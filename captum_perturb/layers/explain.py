@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import Unpack
 
-from captum_perturb._utils.common import make_generator
+from captum_perturb._utils.common import make_generator, user_stacklevel
 from captum_perturb._utils.hooks import run_until_captured
 from captum_perturb._utils.model_state import evaluation_mode
 from captum_perturb.config import LAYERWISE
@@ -180,7 +180,6 @@ def explain_layers(
         masked=True,
         score="paper",
         who="explain_layers",
-        stacklevel=2,
         internal_batch_size=internal_batch_size,
     )
     return _information(
@@ -374,7 +373,7 @@ def _layer_scales(
             "padding=True)) with a few thousand sentences of your domain to put them on "
             "one scale",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     return inv, keep, normaliser
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 
+from captum_perturb._utils.common import user_stacklevel
 from captum_perturb._utils.distributed import (
     all_reduce_sum,
     all_succeeded,
@@ -296,7 +297,7 @@ def _std_per_layer(moments: Mapping[int, _Moments], chosen: Sequence[int]) -> di
         warnings.simplefilter("always")
         out = {k: std_from_moments(*moments[k]).float() for k in chosen}
     for w in caught:
-        warnings.warn(f"layer_state_std: {w.message}", UserWarning, stacklevel=3)
+        warnings.warn(f"layer_state_std: {w.message}", UserWarning, stacklevel=user_stacklevel())
     return out
 
 
