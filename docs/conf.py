@@ -29,7 +29,12 @@ version = ".".join(release.split(".")[:2])
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
+    # Math is typeset by MathJax in the reader's browser. sphinx-mathjax-offline (pip,
+    # the ``docs`` extra) ships MathJax 3 and copies it into ``_static/mathjax`` after a
+    # successful build, pointing ``mathjax_path`` there, so the pages need no CDN and
+    # render offline (checked by tests/check_docs_offline.py in .ci/run).
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
     "sphinx.ext.doctest",
 ]
