@@ -23,6 +23,7 @@ from captum_perturb.config import (
     FixedPointConfig,
 )
 from captum_perturb.corpus import explain_corpus, read_layer_information
+from captum_perturb.hf import Explanation, explain
 from captum_perturb.layers import LayerInformation, explain_layers, layer_state_std
 from captum_perturb.llm import (
     LLMLayerAttribution,
@@ -43,6 +44,7 @@ __all__ = [
     "AdamConfig",
     "EstimatorOptions",
     "EstimatorSettings",
+    "Explanation",
     "FixedPointConfig",
     "Interpreter",
     "LLMLayerAttribution",
@@ -54,6 +56,7 @@ __all__ = [
     "PerturbationEntropyResult",
     "calculate_regularization",
     "estimate_state_std",
+    "explain",
     "explain_corpus",
     "explain_layers",
     "layer_state_std",

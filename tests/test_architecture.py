@@ -76,6 +76,7 @@ def test_no_import_circles(package: str) -> None:
 #: (``docs/architecture.rst``); ``reference`` (the authors' class, re-implemented) sits
 #: beside them on ``functional``
 FLOORS = (
+    "captum_perturb.hf",
     "captum_perturb.corpus",
     "captum_perturb.llm",
     "captum_perturb.layers",
@@ -122,6 +123,7 @@ PUBLIC = {
     "captum_perturb.corpus",
     "captum_perturb.distributed",
     "captum_perturb.functional",
+    "captum_perturb.hf",
     "captum_perturb.layers",
     "captum_perturb.llm",
     "captum_perturb.options",
@@ -163,12 +165,13 @@ def test_the_harness_imports_only_the_public_api_or_a_listed_internal() -> None:
 PUBLIC_NAMES = {
     "captum_perturb": [
         "DEFAULT", "HIGH_PRECISION", "LAYERWISE", "REFERENCE", "AdamConfig",
-        "EstimatorOptions", "EstimatorSettings", "FixedPointConfig", "Interpreter",
+        "EstimatorOptions", "EstimatorSettings", "Explanation", "FixedPointConfig", "Interpreter",
         "LLMLayerAttribution",
         "LLMPerturbationEntropyAttribution", "LLMPerturbationEntropyResult",
         "LayerInformation", "LayerPerturbationEntropyAttribution",
         "PerturbationEntropyAttribution", "PerturbationEntropyResult",
-        "calculate_regularization", "estimate_state_std", "explain_corpus", "explain_layers",
+        "calculate_regularization", "estimate_state_std", "explain", "explain_corpus",
+        "explain_layers",
         "layer_state_std", "next_token_state_std", "read_layer_information",
         "token_feature_mask",
     ],
