@@ -612,3 +612,22 @@ class ContractTester:
                 norm = norm if norm > 0 else torch.ones_like(norm)  # as sensitivity_max does
                 bound = max(change_bound(copies, b * k + j, clean, b) for j in range(k)) / norm
                 assert float(sens[b]) <= float(bound), (b, float(sens[b]), float(bound))
+
+
+def model_snapshot(model: nn.Module) -> dict[str, Any]:
+    """What a caller owns of a model: weights, ``requires_grad``, train/eval mode, hooks."""
+    return {
+        "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "grad": {k: p.requires_grad for k, p in model.named_parameters()},
+        "training": {k: m.training for k, m in model.named_modules()},
+        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()),
+    }
+
+
+def assert_model_untouched(model: nn.Module, before: dict[str, Any]) -> None:
+    """Everything :func:`model_snapshot` recorded is as it was."""
+    after = model_snapshot(model)
+    assert after["grad"] == before["grad"] and after["training"] == before["training"]
+    assert after["hooks"] == before["hooks"]
+    for k, v in before["params"].items():
+        assert torch.equal(after["params"][k], v), k

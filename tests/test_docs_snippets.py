@@ -24,22 +24,18 @@ from __future__ import annotations
 import re
 import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from snippets import Snippet, markdown_snippets
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-PYTHON_LANGUAGES = frozenset({"python", "python3", "py"})
-"""Language tags whose blocks are executed."""
 
 RST_DIRECTIVE = re.compile(
     r"^(?P<indent>[ \t]*)\.\. (?:code-block|code|sourcecode)::[ \t]*(?P<lang>\S*)[ \t]*$"
 )
-MD_FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[^`\s]*)[ \t]*$")
 
 TINY_CLASSIFIER = "tiny_classifier_dir"
 """Name of the namespace variable holding the tiny classifier's folder (see STAND_INS)."""
@@ -50,14 +46,23 @@ train the full recipe (~15 min) on first use, the tests use the small one."""
 
 STAND_INS: dict[str, dict[str, str]] = {
     "README.md": {
-        "model_dir = sst2_language_model()  # GPT-2 trained on SST-2 (~15 min once), or a hub id": (
+        'model_dir = "openai-community/gpt2"  # a hub id or a local folder': (
             f"model_dir = {SMALL_LM}"
+        ),
+        'classifier_dir = "distilbert/distilbert-base-uncased-finetuned-sst-2-english"': (
+            f"classifier_dir = {TINY_CLASSIFIER}"
         ),
     },
     "docs/llm.rst": {
-        "model_dir = sst2_language_model()  # a hub id or a local folder works the same way": (
+        'model_dir = "openai-community/gpt2"  # a hub id or a local folder works the same way': (
             f"model_dir = {SMALL_LM}"
         ),
+    },
+    "docs/quickstart.rst": {
+        'model_dir = "distilbert/distilbert-base-uncased-finetuned-sst-2-english"  # or a folder': (
+            f"model_dir = {TINY_CLASSIFIER}"
+        ),
+        'lm_dir = "openai-community/gpt2"  # a hub id or a local folder': f"lm_dir = {SMALL_LM}",
     },
     "docs/recipes.rst": {
         'model_dir = "textattack/bert-base-uncased-SST-2"  # a hub id or a local folder': (
@@ -80,60 +85,10 @@ EXPECTED_FILES = (
     "docs/recipes.rst",
     "docs/scaling.rst",
     "docs/llm.rst",
+    "docs/quickstart.rst",
 )
 """Files known to hold Python snippets: the extractor must find some in each, and each has
 a test below that runs it; a file with Python outside this list fails the suite."""
-
-
-@dataclass(frozen=True)
-class Snippet:
-    """One code block of a documentation file.
-
-    Attributes:
-        language: its language tag (``"python"`` for an RST literal block or a directive
-            without one).
-        line: 1-based line of the file where the code starts.
-        code: the code, dedented; blank lines inside are kept so line numbers match.
-    """
-
-    language: str
-    line: int
-    code: str
-
-    @property
-    def is_python(self) -> bool:
-        """Whether the test executes it."""
-        return self.language.lower() in PYTHON_LANGUAGES
-
-
-def markdown_snippets(text: str) -> list[Snippet]:
-    """The fenced code blocks of a Markdown text.
-
-    Raises:
-        ValueError: a fence without a language tag, or one that is never closed.
-    """
-    lines = text.splitlines()
-    out: list[Snippet] = []
-    i = 0
-    while i < len(lines):
-        m = MD_FENCE.match(lines[i])
-        if m is None:
-            i += 1
-            continue
-        if not m["lang"]:
-            raise ValueError(
-                f"line {i + 1}: a ``` fence without a language tag; tag it (python, bash, "
-                "text, ...) so the docs test knows whether to run it"
-            )
-        end = i + 1
-        while end < len(lines) and lines[end].strip() != "```":
-            end += 1
-        if end == len(lines):
-            raise ValueError(f"line {i + 1}: the ```{m['lang']} fence is never closed")
-        body = lines[i + 1 : end]
-        out.append(Snippet(m["lang"], i + 2, textwrap.dedent("\n".join(body)) + "\n"))
-        i = end + 1
-    return out
 
 
 def _indent(line: str) -> int:
@@ -288,6 +243,33 @@ def test_every_known_snippet_file_is_found_and_every_snippet_compiles() -> None:
                 compile("\n" * (snippet.line - 1) + snippet.code, relative, "exec")
 
 
+#: the pages of the comparison harness, a tool of this repository that the wheel does not
+#: install (README, "Install"): their snippets may import ``comparisons``
+HARNESS_PAGES = frozenset({"docs/comparisons.rst"})
+
+
+def test_snippets_import_only_what_the_wheel_installs() -> None:
+    """Every README and docs snippet outside the harness's pages imports the package and
+    third-party libraries only, so that it runs from the wheel without a clone."""
+    import ast
+
+    for relative in files_with_python():
+        for snippet in file_snippets(relative):
+            if not snippet.is_python or relative in HARNESS_PAGES:
+                continue
+            for node in ast.walk(ast.parse(snippet.code)):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                for name in names:
+                    top = name.split(".")[0]
+                    assert top not in ("comparisons", "tests"), (
+                        f"{relative}:{snippet.line} imports {name}, which the wheel lacks"
+                    )
+
+
 def test_no_source_or_doc_file_holds_control_characters() -> None:
     # A docstring written through a non-raw string turns ``\\tfrac`` into a tab and
     # ``\\bigl`` into a backspace: the math renders as garbage and nothing else notices.
@@ -331,13 +313,21 @@ def docs_namespace(
 
 
 @pytest.mark.slow
-def test_readme(docs_namespace: dict[str, Any], sst2_small_lm: Path) -> None:
-    """Quick start and layer by layer on the packaged MiniLM (75-124 s measured on the
-    shared, loaded 2-core machine; the layer-by-layer block converges every layer and
-    takes most of it)."""
+def test_readme(docs_namespace: dict[str, Any], sst2_small_lm: Path, tiny_classifier: Path) -> None:
+    """The one-line API, quick start and layer by layer on the packaged MiniLM (75-124 s
+    measured on the shared, loaded 2-core machine; the layer-by-layer block converges
+    every layer and takes most of it)."""
     ns = docs_namespace
     ns[SMALL_LM] = str(sst2_small_lm)
+    ns[TINY_CLASSIFIER] = str(tiny_classifier)
     run_file("README.md", ns)
+    # one line: the words of the sentence, a page, a figure, a table; the classifier's
+    # signed reading
+    assert ns["exp"].words == [["a", "gorgeous", ",", "witty", ",", "seductive", "movie", "."]]
+    assert Path("explanation.html").is_file() and ns["figure"] is not None
+    assert len(ns["table"]) == 8 and ns["exp"].normaliser == "packaged state_std"
+    assert ns["verdict"].kind == "classifier" and ns["verdict"].normaliser == "corpus"
+    assert set(ns["verdict"].to_pandas()["direction"]) <= {-1, 0, 1}
     tokens = ns["enc"]["input_ids"].shape[1]
     assert tokens == 14  # the page's comments: (1, 14, 384) and (1, 14)
     assert ns["args"]["state_std"].shape == (384,)  # quick start: σ_S of layer 3
@@ -423,9 +413,26 @@ def test_recipes_page(
     assert "[CLS]" in page and "gorgeous" in page
 
 
+@pytest.mark.slow
+def test_quickstart_page(
+    docs_namespace: dict[str, Any], sst2_small_lm: Path, tiny_classifier: Path
+) -> None:
+    """The one-line API's three jobs: a classifier (tiny, the two labels), the SST-2
+    GPT-2's answer (CI recipe), the packaged MiniLM layer by layer."""
+    ns = docs_namespace
+    ns[SMALL_LM] = str(sst2_small_lm)
+    ns[TINY_CLASSIFIER] = str(tiny_classifier)
+    run_file("docs/quickstart.rst", ns)
+    assert ns["exp"].kind == "classifier" and ns["exp"].normaliser == "corpus"
+    assert ns["against"].targets == ["negative", "negative"]  # class 0 of the stand-in
+    assert {"direction", "signed_score"} <= set(ns["rows"])
+    assert ns["answer"].words == [["the", "film", "is", "a"]]
+    assert ns["layers"].layers == list(range(7)) and ns["figure"] is not None
+
+
 def test_llm_page(docs_namespace: dict[str, Any], sst2_small_lm: Path, tmp_path: Path) -> None:
     """The LLM page on the SST-2 GPT-2 (CI recipe): the issue's snippet as written, σ_S
-    from SST-2 train prompts, a template with generation, the layers at the answer
+    from the page's prompts, a template with generation, the layers at the answer
     position and the LLMGradientAttribution swap."""
     from captum.attr import LLMAttributionResult
 
@@ -439,10 +446,8 @@ def test_llm_page(docs_namespace: dict[str, Any], sst2_small_lm: Path, tmp_path:
     assert ns["template"].n_itp_features == 2
     info = ns["info"]
     assert info.nats_kept.shape == (1, len(info.layers), len(info.tokens[0]))
-    # the page's comments: "embedding output + every block", "first halves of 500 train
-    # sentences"
+    # the page's comment: "embedding output + every block"
     assert info.layers == list(range(ns["model"].config.n_layer + 1))
-    assert len(ns["prompts"]) == 500
 
 
 # ---------------------------------------------------------------- the README's shell lines

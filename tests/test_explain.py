@@ -20,6 +20,7 @@ import pytest
 import torch
 import transformers
 from browser import open_offline
+from contract import assert_model_untouched, model_snapshot
 from llm_models import causal_lm
 from llm_models import tokenizer as llm_tokenizer
 from torch import nn
@@ -67,29 +68,12 @@ def _quiet(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
 
 
-def _snapshot(model: nn.Module) -> dict[str, Any]:
-    return {
-        "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "grad": [p.requires_grad for p in model.parameters()],
-        "training": [m.training for m in model.modules()],
-        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()],
-    }
-
-
-def _assert_untouched(model: nn.Module, before: dict[str, Any]) -> None:
-    after = _snapshot(model)
-    assert after["grad"] == before["grad"] and after["training"] == before["training"]
-    assert after["hooks"] == before["hooks"]
-    for k, v in before["params"].items():
-        assert torch.equal(after["params"][k], v), k
-
-
 def test_classifier_whole_words_table_and_signed_reading() -> None:
     tok = word_tokenizer(WORDS)
     model = _classifier().train()  # left in train mode by the caller: restored after
-    before = _snapshot(model)
+    before = model_snapshot(model)
     exp = _quiet(explain, model, tok, TEXTS, config=QUICK)
-    _assert_untouched(model, before)
+    assert_model_untouched(model, before)
     assert isinstance(exp, Explanation) and exp.kind == "classifier"
     assert exp.words == TEXT_WORDS
     table = exp.to_pandas()
@@ -158,9 +142,9 @@ def test_a_pipeline_is_its_model_and_tokenizer() -> None:
 
 def test_causal_lm_words_are_template_segments() -> None:
     tok, model = llm_tokenizer(), causal_lm("gpt2")
-    before = _snapshot(model)
+    before = model_snapshot(model)
     exp = _quiet(explain, model, tok, ["the film is a"], target=" charming ride", config=QUICK)
-    _assert_untouched(model, before)
+    assert_model_untouched(model, before)
     assert exp.kind == "causal_lm" and exp.words == [["the", "film", "is", "a"]]
     assert exp.targets == [" charming ride"]
     assert exp.scores[0].shape == (4,) and bool((exp.scores[0] >= 0).all())
@@ -237,10 +221,10 @@ def test_bad_input_gets_a_clear_error_and_the_model_is_untouched(
     call: Any, error: type[Exception], message: str
 ) -> None:
     tok, model = word_tokenizer(WORDS), _classifier()
-    before = _snapshot(model)
+    before = model_snapshot(model)
     with pytest.raises(error, match=message):
         call(model, tok)
-    _assert_untouched(model, before)
+    assert_model_untouched(model, before)
 
 
 def test_unsupported_models_and_mismatched_tokenizers() -> None:
@@ -291,3 +275,32 @@ def test_plot_draws_one_bar_per_word_with_error_bars() -> None:
     assert [t.get_text() for t in ax.get_xticklabels()] == TEXT_WORDS[0]
     errorbar = next(c for c in ax.containers if type(c).__name__ == "ErrorbarContainer")
     assert len(errorbar.lines[2][0].get_segments()) == len(TEXT_WORDS[0])
+
+
+def test_console_script_writes_page_figure_and_table(tmp_path: Path) -> None:
+    """``captum-perturb explain --model DIR "text"`` on a saved model folder, as the
+    installed console script: the three files, the table's words."""
+    import csv
+    import shutil
+    import subprocess
+
+    script = shutil.which("captum-perturb")
+    if script is None:
+        pytest.fail("the console script is not installed: pip install -e . registers it")
+    folder = tmp_path / "model"
+    _classifier().save_pretrained(folder)
+    word_tokenizer(WORDS).save_pretrained(folder)
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [script, "explain", "--model", str(folder), TEXTS[1], "--max-iter", "4",
+         "--target", "positive", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "wrote" in done.stdout
+    with open(out / "explanation.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["word"] for r in rows] == TEXT_WORDS[1]
+    assert {r["target"] for r in rows} == {"positive"}
+    assert (out / "explanation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "dull" in (out / "explanation.html").read_text(encoding="utf-8")

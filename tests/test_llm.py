@@ -24,7 +24,7 @@ from captum.attr import (
     TextTemplateInput,
     TextTokenInput,
 )
-from contract import ROUND_OFF, SE_FACTOR
+from contract import ROUND_OFF, SE_FACTOR, assert_model_untouched, model_snapshot
 from llm_models import BOS, FAMILIES, PositionLocalLM, causal_lm, tokenizer
 from torch import nn
 
@@ -49,29 +49,12 @@ def _std(model: nn.Module) -> torch.Tensor:
     return next_token_state_std(model, tokenizer(), CORPUS)
 
 
-def _snapshot(model: nn.Module) -> dict[str, Any]:
-    return {
-        "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "grad": {k: p.requires_grad for k, p in model.named_parameters()},
-        "training": {k: m.training for k, m in model.named_modules()},
-        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()),
-    }
-
-
-def _assert_untouched(model: nn.Module, before: dict[str, Any]) -> None:
-    after = _snapshot(model)
-    assert after["grad"] == before["grad"] and after["training"] == before["training"]
-    assert after["hooks"] == before["hooks"]
-    for k, v in before["params"].items():
-        assert torch.equal(after["params"][k], v), k
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_snippet_result_and_plots(family: str) -> None:
     """The issue's snippet: Captum's result, nats >= 0, plots render, model untouched."""
     tok = tokenizer()
     model = causal_lm(family).train()  # left in train mode by the caller: restored after
-    before = _snapshot(model)
+    before = model_snapshot(model)
     llm_attr = LLMPerturbationEntropyAttribution(model, tok, state_std=_std(model))
     inp = TextTokenInput(PROMPT, tok, skip_tokens=[tok.bos_token_id])
     res = llm_attr.attribute(inp, target=ANSWER)
@@ -88,7 +71,7 @@ def test_snippet_result_and_plots(family: str) -> None:
         fig.savefig(buf, format="png")
         png = buf.getvalue()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
-    _assert_untouched(model, before)
+    assert_model_untouched(model, before)
 
 
 def test_one_batched_call_matches_separate_calls(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -270,12 +253,12 @@ def _bad_calls(llm_attr: Any, tok: Any) -> list[tuple[Any, type[Exception], str]
 def test_bad_input_gets_a_clear_error_and_the_model_is_untouched() -> None:
     tok = tokenizer()
     model = causal_lm("gpt2").train()
-    before = _snapshot(model)
+    before = model_snapshot(model)
     llm_attr = LLMPerturbationEntropyAttribution(model, tok)
     for call, kind, text in _bad_calls(llm_attr, tok):
         with pytest.raises(kind, match=text):
             call()
-        _assert_untouched(model, before)
+        assert_model_untouched(model, before)
     no_generate = LLMPerturbationEntropyAttribution(PositionLocalLM(), tok)
     with pytest.raises(ValueError, match="no generate"):
         no_generate.attribute(TextTokenInput(PROMPT, tok))
@@ -287,19 +270,19 @@ def test_other_paths_leave_the_model_untouched() -> None:
     """explain_layers and the LLMGradientAttribution route, from train mode."""
     tok = tokenizer()
     model = causal_lm("llama").train()
-    before = _snapshot(model)
+    before = model_snapshot(model)
     inp = TextTokenInput(PROMPT, tok, skip_tokens=[BOS])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         LLMPerturbationEntropyAttribution(model, tok).explain_layers(
             inp, layers=[1], config=FixedPointConfig(max_iter=5)
         )
-        _assert_untouched(model, before)
+        assert_model_untouched(model, before)
         ours = LayerPerturbationEntropyAttribution(model, model.get_input_embeddings())
         LLMLayerAttribution(ours, tok).attribute(
             inp, target=" ride", state_std=torch.tensor(2.0), config=FixedPointConfig(max_iter=5)
         )
-    _assert_untouched(model, before)
+    assert_model_untouched(model, before)
 
 
 def test_bfloat16_model_on_cpu() -> None:

@@ -233,8 +233,6 @@ def _classifier(
     target: Any,
     how: _How,
 ) -> Explanation:
-    from captum_perturb.attr.layer_perturbation_entropy import LayerPerturbationEntropyAttribution
-
     enc, words = _encode(hf, texts)
     side = _side_args(enc)
     with torch.no_grad():
@@ -248,20 +246,8 @@ def _classifier(
         out = _call(hf.model, ids, *args).logits
         return out / scale.to(out) if scale is not None else out
 
-    attr = LayerPerturbationEntropyAttribution(forward, hf.embeddings)
-    perturbed = (words.groups >= 0).to(enc["input_ids"].device)
-    result = _explain_quietly(
-        lambda: attr.explain(
-            enc["input_ids"],
-            targets,
-            side,
-            words.groups.clamp_min(0).unsqueeze(-1).to(perturbed.device),
-            attention_mask=perturbed.long(),
-            internal_batch_size=how.internal_batch_size,
-            options=how.opts,
-            state_std=None if scale is None else torch.ones(()),
-        )
-    )
+    state_std = None if scale is None else torch.ones(())
+    result = _explain_words(hf, forward, enc, words, targets, state_std, how)
     _warn_fallback(normaliser)
     nats, se = _per_word(result, max(len(w) for w in words.words))
     direction = signed_reading(hf, enc, words, targets, how.opts.sigma_max, how.opts.seed)
@@ -279,6 +265,37 @@ def _classifier(
         probabilities=[float(p) for p in probs],
         normaliser=normaliser,
         results=[result],
+    )
+
+
+def _explain_words(
+    hf: HFModel,
+    forward: Any,
+    enc: dict[str, Tensor],
+    words: Words,
+    target: Any,
+    state_std: Tensor | None,
+    how: _How,
+) -> Any:
+    """:class:`~captum_perturb.LayerPerturbationEntropyAttribution` on the word
+    embeddings, one group per word; special tokens and padding are left noise-free and
+    out of the loss."""
+    from captum_perturb.attr.layer_perturbation_entropy import LayerPerturbationEntropyAttribution
+
+    attr = LayerPerturbationEntropyAttribution(forward, hf.embeddings)
+    perturbed = (words.groups >= 0).to(enc["input_ids"].device)
+    return _explain_quietly(
+        functools.partial(
+            attr.explain,
+            enc["input_ids"],
+            target,
+            _side_args(enc),
+            words.groups.clamp_min(0).unsqueeze(-1).to(perturbed.device),
+            attention_mask=perturbed.long(),
+            internal_batch_size=how.internal_batch_size,
+            options=how.opts,
+            state_std=state_std,
+        )
     )
 
 
@@ -401,28 +418,13 @@ def _encoder(
     texts: list[str],
     how: _How,
 ) -> Explanation:
-    from captum_perturb.attr.layer_perturbation_entropy import LayerPerturbationEntropyAttribution
-
     enc, words = _encode(hf, texts)
     std, normaliser = encoder_state_std(hf, how.corpus, how.cache_dir)
 
     def forward(ids: Tensor, *args: Tensor) -> Tensor:
         return _call(hf.model, ids, *args).last_hidden_state
 
-    attr = LayerPerturbationEntropyAttribution(forward, hf.embeddings)
-    perturbed = (words.groups >= 0).to(enc["input_ids"].device)
-    result = _explain_quietly(
-        lambda: attr.explain(
-            enc["input_ids"],
-            None,
-            _side_args(enc),
-            words.groups.clamp_min(0).unsqueeze(-1).to(perturbed.device),
-            attention_mask=perturbed.long(),
-            internal_batch_size=how.internal_batch_size,
-            options=how.opts,
-            state_std=std,
-        )
-    )
+    result = _explain_words(hf, forward, enc, words, None, std, how)
     _warn_fallback(normaliser)
     nats, se = _per_word(result, max(len(w) for w in words.words))
     return Explanation(
