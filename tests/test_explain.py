@@ -95,11 +95,16 @@ def test_word_scores_are_the_sum_over_the_words_elements() -> None:
     Captum result's attributions summed over the word's elements)."""
     tok = word_tokenizer(WORDS)
     exp = _quiet(explain, _encoder(), tok, TEXTS[:1], config=QUICK)
-    attributions = exp.results[0].attributions[0]  # (T, D), text 0
+    result = exp.results[0]
+    attributions = result.attributions[0]  # (T, D), text 0
+    sigma = result.sigma[0]
     enc = tok(TEXTS[:1])
     for w in range(len(TEXT_WORDS[0])):
         at = torch.tensor([i == w for i in enc.word_ids(0)])
         assert math.isclose(float(attributions[at].sum()), float(exp.scores[0][w]), rel_tol=1e-5)
+        # saturated: the word's σ is the bound
+        at_bound = bool((sigma[at] >= result.estimate.sigma_max[0] * (1 - 1e-6)).all())
+        assert bool(exp.saturated[0][w]) == at_bound
 
 
 def test_padding_does_not_change_a_texts_explanation() -> None:

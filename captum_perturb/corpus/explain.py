@@ -58,7 +58,7 @@ from captum_perturb.attr.perturbation_entropy import PerturbationEntropyAttribut
 from captum_perturb.attr.result import PerturbationEntropyResult
 from captum_perturb.corpus.parts import PartStore
 from captum_perturb.functional.diagnostics import score_of
-from captum_perturb.functional.problem import _AT_BOUND
+from captum_perturb.functional.problem import AT_BOUND
 from captum_perturb.layers.explain import explain_layers
 from captum_perturb.layers.information import LayerInformation
 from captum_perturb.options import SETTINGS, EstimatorOptions, resolve_options
@@ -278,7 +278,7 @@ def _layer_rows(info: LayerInformation, ids: list[int]) -> dict[str, Any]:
         "nats": nats,
         "entropy": info.entropy.double().numpy()[s, j, p],
         "std_error": info.std_error.double().numpy()[s, j, p],
-        "saturated": sigma >= info.sigma_max * math.exp(-_AT_BOUND),
+        "saturated": sigma >= info.sigma_max * math.exp(-AT_BOUND),
         "converged": info.converged.numpy()[s, j],
         "evaluations": evaluations.astype(np.int64),
     }

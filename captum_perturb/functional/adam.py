@@ -9,7 +9,7 @@ from torch import Tensor
 
 from captum_perturb.config import AdamConfig
 from captum_perturb.functional._groups import chunks
-from captum_perturb.functional.problem import _AT_BOUND, Problem, SigmaEstimate, randn
+from captum_perturb.functional.problem import AT_BOUND, Problem, SigmaEstimate, randn
 
 
 def adam(
@@ -108,7 +108,7 @@ def check(
     converged = (off | ~prob.present).all(1)
     # σ_max·sigmoid(ρ) never reaches the bound: where the curvature says the bound binds,
     # log σ* comes from the curvature
-    bound = free >= log_max - _AT_BOUND
+    bound = free >= log_max - AT_BOUND
     return prob.finish(
         u,
         torch.full_like(u, float("nan")),

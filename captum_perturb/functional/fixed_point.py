@@ -11,7 +11,7 @@ from torch import Tensor
 
 from captum_perturb.config import FixedPointConfig
 from captum_perturb.functional.problem import (
-    _AT_BOUND,
+    AT_BOUND,
     Problem,
     SigmaEstimate,
     channel_score,
@@ -228,7 +228,7 @@ def _update(
     u_old = u[active]
     unknown, free, target = _step(prob, a_bar64, active, run.touched, run.u_free, u_old, log_max)
     u_new = u_old + cfg.damping * (target - u_old)
-    interior = ~unknown & (target < log_max - _AT_BOUND)
+    interior = ~unknown & (target < log_max - AT_BOUND)
     se = _fixed_point_std_error(run.sums, active, a_bar64, se_lin, interior).to(u.dtype)
     # the reconstruction of this iteration's draws, carried to the returned σ by the
     # local quadratic model R(σ) ≈ Σ_g a_g σ_g² (exact for a linear state)
@@ -236,7 +236,7 @@ def _update(
     run.reconstruction[active] = run.rec[active] + carry
     score_old = channel_score(log_max, run.u_free[active])
     u[active] = u_new
-    run.u_free[active] = torch.where(u_new < log_max - _AT_BOUND, u_new, free)
+    run.u_free[active] = torch.where(u_new < log_max - AT_BOUND, u_new, free)
     run.std_error[active] = se
     if it >= cfg.min_iter:
         run.converged[active] = _stopped(
@@ -385,7 +385,7 @@ def _stopped(
     """The stopping rule on the reported score: log σ inside the bound, the channel score
     (how hard the data pushes back at σ_max) for groups at the bound; each group's standard
     error and last change, as RMS or maximum (``cfg.norm``) at most ``cfg.tol``."""
-    inside = u_new < log_max - _AT_BOUND
+    inside = u_new < log_max - AT_BOUND
     factor = torch.where(inside, torch.ones_like(se), score_slope(log_max, u_free))
     keep = present & (factor > 0)  # a group without effect has no error
     err_se = torch.where(keep, factor * se, torch.zeros_like(se))

@@ -18,7 +18,7 @@ StateFn = Callable[[tuple[Tensor, ...], Tensor], Tensor]
 
 _HALF_LOG_2PIE = 0.5 * math.log(2 * math.pi * math.e)
 #: a group whose log σ is within this of log σ_max sits at the bound
-_AT_BOUND = 1e-6
+AT_BOUND = 1e-6
 
 
 def channel_score(log_sigma_max: Tensor, log_sigma_free: Tensor) -> Tensor:
@@ -109,7 +109,7 @@ class SigmaEstimate:
     @property
     def saturated(self) -> Tensor:
         """``(B, G)`` groups whose σ sits at the bound σ_max (False where absent)."""
-        at = self.log_sigma >= self.sigma_max.log()[:, None] - _AT_BOUND
+        at = self.log_sigma >= self.sigma_max.log()[:, None] - AT_BOUND
         return at & (self.group_size > 0)
 
     @property

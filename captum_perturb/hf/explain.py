@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import re
 import warnings
 from collections.abc import Iterable, Sequence
@@ -28,6 +29,7 @@ from typing_extensions import Unpack
 
 from captum_perturb._utils.common import user_stacklevel
 from captum_perturb._utils.model_state import evaluation_mode
+from captum_perturb.functional.problem import AT_BOUND
 from captum_perturb.hf.explanation import Explanation
 from captum_perturb.hf.models import (
     HFModel,
@@ -119,7 +121,7 @@ def explain(
         >>> exp.words
         [['a', 'gorgeous', 'witty', 'movie']]
         >>> list(exp.to_pandas().columns)  # doctest: +NORMALIZE_WHITESPACE
-        ['example', 'word', 'word_index', 'score', 'std_error', 'direction',
+        ['example', 'word', 'word_index', 'score', 'std_error', 'saturated', 'direction',
          'signed_score', 'target', 'converged']
     """
     if texts is None and is_pipeline(model) and isinstance(tokenizer, (str, list, tuple)):
@@ -194,9 +196,9 @@ def _call(model: Any, ids: Tensor, mask: Tensor, *types: Tensor) -> Any:
     return model(input_ids=ids, attention_mask=mask, **kwargs)
 
 
-def _per_word(result: Any, n_words: int) -> tuple[Tensor, Tensor]:
-    """``(B, W)`` nats per word and their standard errors, from a Captum class's result
-    whose groups are words (``group_ids`` = the word index)."""
+def _per_word(result: Any, n_words: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(B, W)`` nats per word, their standard errors and whether the word sits at σ_max,
+    from a Captum class's result whose groups are words (``group_ids`` = the word index)."""
     from captum_perturb.functional.diagnostics import score_of
 
     est = result.estimate
@@ -210,7 +212,9 @@ def _per_word(result: Any, n_words: int) -> tuple[Tensor, Tensor]:
     rows = valid.nonzero()[:, 0]
     out[rows, table[valid]] = nats[valid]
     out_se[rows, table[valid]] = se[valid]
-    return out, out_se
+    bound = torch.zeros(table.shape[0], n_words, dtype=torch.bool)
+    bound[rows, table[valid]] = result.saturated.cpu()[valid]
+    return out, out_se, bound
 
 
 def _explain_quietly(run: Any) -> Any:
@@ -249,7 +253,7 @@ def _classifier(
     state_std = None if scale is None else torch.ones(())
     result = _explain_words(hf, forward, enc, words, targets, state_std, how)
     _warn_fallback(normaliser)
-    nats, se = _per_word(result, max(len(w) for w in words.words))
+    nats, se, bound = _per_word(result, max(len(w) for w in words.words))
     direction = signed_reading(hf, enc, words, targets, how.opts.sigma_max, how.opts.seed)
     probs = logits.softmax(-1)[torch.arange(len(texts)), torch.tensor(targets)].tolist()
     labels = _label_names(hf)
@@ -259,6 +263,7 @@ def _classifier(
         words=words.words,
         scores=[nats[i, : len(w)] for i, w in enumerate(words.words)],
         std_errors=[se[i, : len(w)] for i, w in enumerate(words.words)],
+        saturated=[bound[i, : len(w)] for i, w in enumerate(words.words)],
         targets=[labels[t] for t in targets],
         converged=result.converged.cpu().tolist(),
         direction=[direction[i, : len(w)] for i, w in enumerate(words.words)],
@@ -351,7 +356,7 @@ def _causal_lm(
         raise ValueError(f"target has {len(answers)} answers for {len(texts)} texts")
     std, normaliser = llm_state_std(hf, how.corpus, how.cache_dir)
     llm = LLMPerturbationEntropyAttribution(hf.model, hf.tokenizer, state_std=std)
-    keys = ("words", "nats", "se", "answer", "prob", "ok", "res")
+    keys = ("words", "nats", "se", "bound", "answer", "prob", "ok", "res")
     out: dict[str, list[Any]] = {k: [] for k in keys}
     for i, text in enumerate(texts):
         values = _word_segments(text)
@@ -368,6 +373,7 @@ def _causal_lm(
         out["words"].append([v.strip() for v in values])
         out["nats"].append(res.seq_attr.float())
         out["se"].append(res.seq_std_error.float())
+        out["bound"].append(res.saturated[0].bool())
         out["answer"].append(answer)
         out["prob"].append(float(res.output_probs.prod()) if res.output_probs is not None else None)
         out["ok"].append(bool(res.converged.all()))
@@ -379,6 +385,7 @@ def _causal_lm(
         words=out["words"],
         scores=out["nats"],
         std_errors=out["se"],
+        saturated=out["bound"],
         targets=out["answer"],
         converged=out["ok"],
         probabilities=out["prob"],
@@ -426,13 +433,14 @@ def _encoder(
 
     result = _explain_words(hf, forward, enc, words, None, std, how)
     _warn_fallback(normaliser)
-    nats, se = _per_word(result, max(len(w) for w in words.words))
+    nats, se, bound = _per_word(result, max(len(w) for w in words.words))
     return Explanation(
         kind="encoder",
         texts=texts,
         words=words.words,
         scores=[nats[i, : len(w)] for i, w in enumerate(words.words)],
         std_errors=[se[i, : len(w)] for i, w in enumerate(words.words)],
+        saturated=[bound[i, : len(w)] for i, w in enumerate(words.words)],
         targets=["the last hidden state"] * len(texts),
         converged=result.converged.cpu().tolist(),
         normaliser=normaliser,
@@ -463,7 +471,9 @@ def _layers(
     )  # fmt: skip
     normaliser = normaliser if std is not None else next(iter(info.normaliser.values()))
     _warn_fallback(normaliser)
-    scores, errors = [], []
+    scores, errors, bounds = [], [], []
+    # (N, L, T) at σ_max by the estimator's rule; NaN (never perturbed): False
+    at_bound = info.sigma.log() >= math.log(info.sigma_max) - AT_BOUND
     for i, w in enumerate(words.words):
         one_hot = torch.nn.functional.one_hot(words.groups[i].clamp_min(0), len(w)).float()
         one_hot = one_hot * (words.groups[i] >= 0).unsqueeze(-1)
@@ -471,12 +481,16 @@ def _layers(
         var = info.std_error[i].nan_to_num(0.0).float().square() @ one_hot
         scores.append(nats)
         errors.append(var.sqrt())
+        # a word is at the bound when every token of it is
+        n_tokens = one_hot.sum(0)
+        bounds.append((at_bound[i].float() @ one_hot == n_tokens) & (n_tokens > 0))
     return Explanation(
         kind="layers",
         texts=texts,
         words=words.words,
         scores=scores,
         std_errors=errors,
+        saturated=bounds,
         targets=["every layer's hidden states"] * len(texts),
         converged=info.converged.all(1).tolist(),
         layers=list(info.layers),

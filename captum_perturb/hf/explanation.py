@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from captum_perturb.hf.html import ERROR_BAR_CSS, error_bars, text_record, text_table
@@ -36,6 +37,9 @@ class Explanation:
         std_errors: the same shape, standard errors of ``scores``.
         targets: per text, what was explained (a label, an answer, a hidden state).
         converged: per text, whether every estimate met the stopping rule.
+        saturated: per text, like ``scores``, True where the word's σ sits at the bound
+            σ_max (the noise barely moves the output: its score ranks it by the pressure
+            at the bound, or is 0 in the paper's score).
         direction: per text, ``(W,)`` +1 / −1 / 0 (classifiers only), else None.
         probabilities: per text, the target's probability (classifiers and answers).
         layers: the layers of ``"layers"``' rows (0 = embedding output), else None.
@@ -51,6 +55,7 @@ class Explanation:
     std_errors: list[Tensor]
     targets: list[str]
     converged: list[bool]
+    saturated: list[Tensor] = field(default_factory=list)
     direction: list[Tensor] | None = None
     probabilities: list[float | None] = field(default_factory=list)
     layers: list[int] | None = None
@@ -67,7 +72,8 @@ class Explanation:
 
     def to_pandas(self) -> Any:
         """One row per word of each text: ``example`` (the text's index), ``word``,
-        ``word_index``, ``score`` (nats), ``std_error``, ``target``, ``converged``; plus
+        ``word_index``, ``score`` (nats), ``std_error``, ``saturated``, ``target``,
+        ``converged``; plus
         ``layer`` (layers), ``direction`` and ``signed_score`` (classifiers).
 
         Raises:
@@ -83,15 +89,17 @@ class Explanation:
         rows = []
         for i, words in enumerate(self.words):
             score, se = self.scores[i], self.std_errors[i]
+            bound = self.saturated[i] if self.saturated else torch.zeros_like(score).bool()
             per_layer = self.layers if self.layers is not None else [None]
             for k, layer in enumerate(per_layer):
                 s = score[k] if layer is not None else score
                 e = se[k] if layer is not None else se
+                b = bound[k] if layer is not None else bound
                 for j, word in enumerate(words):
                     row: dict[str, Any] = {"example": i, "word": word, "word_index": j}
                     if layer is not None:
                         row["layer"] = layer
-                    row.update(score=float(s[j]), std_error=float(e[j]))
+                    row.update(score=float(s[j]), std_error=float(e[j]), saturated=bool(b[j]))
                     if self.direction is not None:
                         d = int(self.direction[i][j])
                         row.update(direction=d, signed_score=d * float(s[j]))
