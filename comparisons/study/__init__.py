@@ -2,7 +2,10 @@
 
 * :mod:`.vocabulary` — the metrics' names, directions and descriptions, the headline
   metrics per task and the default reference method;
-* :mod:`.methods` — the registry of attribution methods (one entry per method);
+* :mod:`.methods` — the registry of attribution methods (one entry per method); the
+  methods themselves in :mod:`.ours` (our variants) and :mod:`.baselines` (Captum's and
+  the random floor), over :mod:`.context` (what a method gets: the example's inputs,
+  the reuse cache, σ_S per key);
 * :mod:`.run` — :func:`~comparisons.study.run.run_study`: explain, score, store;
 * :mod:`.scoring` — the metrics of one explanation of one example;
 * :mod:`.cascade` — the cascading model randomisation (the sanity check) of a run;
