@@ -13,15 +13,21 @@ or without the data the reference fallback, with a warning). Writes
 * ``explanation.json`` / ``.csv`` — σ, entropies and nats per token and layer
   (:class:`captum_perturb.LayerInformation`, loadable).
 
-Then, on the GPT-2 trained on SST-2 (:mod:`comparisons.models.language_model`; ``--llm``), which
-prompt words its own answer keeps (:mod:`comparisons.llm.page`): ``llm/index.html``.
+Then, on the GPT-2 trained on SST-2 (:mod:`comparisons.models.language_model`), which
+prompt words its own answer keeps (:mod:`comparisons.llm.page`): ``llm/index.html``. By
+default the GPT-2 of the ``small`` recipe (about a minute of training on first use, then
+cached by content hash); ``--full-llm`` (or ``--llm full``) takes the full recipe (about
+15 minutes on a 2-core CPU once), ``--llm none`` skips the page. Without SST-2 on disk
+the page is skipped (its GPT-2 is trained on SST-2).
 
-Then it compares every method of :data:`comparisons.study.methods.DEFAULT_METHODS` side by
-side on the same encoder's pooled sentence embedding (no labels, no training): the
-first ``--compare-n`` SST-2 dev sentences (default 8; 0 skips the comparison), σ_S from
-the last ``--corpus-size`` dev sentences, Captum's infidelity / sensitivity and the
-sanity check on the first two sentences (:func:`comparisons.study.run.run_study`). Without
-the data it compares on ``--sentence`` alone with the fallback normaliser. Writes
+Opt-in (``--compare``, or ``--compare-n N``; off by default, as it takes minutes even for
+one sentence): the side-by-side comparison of every method of
+:data:`comparisons.study.methods.DEFAULT_METHODS` on the same encoder's pooled sentence
+embedding (no labels, no training): the first ``--compare-n`` SST-2 dev sentences
+(:data:`COMPARE_N` with ``--compare``), σ_S from the last ``--corpus-size`` dev
+sentences, Captum's infidelity / sensitivity and the sanity check on the first two
+sentences (:func:`comparisons.study.run.run_study`). Without the data it compares on
+``--sentence`` alone with the fallback normaliser. Writes
 
 * ``comparison/report.html`` — the side-by-side report (:mod:`comparisons.study.report`),
 * ``comparison/results.csv`` and the other files of a run folder (:mod:`comparisons.study.store`),
@@ -29,6 +35,10 @@ the data it compares on ``--sentence`` alone with the fallback normaliser. Write
 and prints the mean ``state_shift/delete`` of each method (:data:`COMPARE_METRIC`). The
 run folder is resumed when it was written with the same settings
 (``comparison/main_job.json``) and started afresh otherwise.
+
+Each step prints a numbered line and its seconds (the long ones show progress bars), and
+the job ends with a summary of what ran, what was skipped, and the flag that turns each
+skipped part on.
 
 Run ``python -m comparisons.main_job --help`` for the options.
 """
@@ -44,7 +54,8 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +90,9 @@ barely separates the methods from the random floor (8 sentences: 0.58 to 0.70 ag
 DEFAULT_CORPUS_SIZE = 100
 """SST-2 dev sentences for σ_S when no shipped σ_S applies, and for the comparison."""
 
+COMPARE_N = 8
+"""SST-2 dev sentences the comparison takes with ``--compare`` (``--compare-n`` sets any)."""
+
 COMPARE_CAPTUM_EXAMPLES = 2
 """Sentences of the comparison that get Captum's infidelity and sensitivity_max."""
 
@@ -94,18 +108,27 @@ def explain_all_layers(
     corpus: list[str] | None,
     rate: float = 0.1,
     seed: int = 0,
+    show_progress: bool = False,
 ) -> LayerInformation:
     """Information every layer (embedding output included) keeps of each token, in one
     :func:`captum_perturb.explain_layers` call; σ_S of every layer from ``corpus``, or,
     without one, what ``explain_layers`` finds: the shipped σ_S of a known model (the
-    packaged MiniLM), else the reference fallback (``info.normaliser`` says which)."""
+    packaged MiniLM), else the reference fallback (``info.normaliser`` says which).
+    ``show_progress``: a progress bar over the estimator's iterations (same result)."""
     std = None
     if corpus:
         cenc = tokenizer(corpus, return_tensors="pt", padding=True)
         std = layer_state_std(model, cenc, layers, cache_dir=cache_root() / "layer_std")
     enc = tokenizer([sentence], return_tensors="pt")
     info = explain_layers(
-        model, enc, layers, state_std=std, tokenizer=tokenizer, rate=rate, seed=seed
+        model,
+        enc,
+        layers,
+        state_std=std,
+        tokenizer=tokenizer,
+        rate=rate,
+        seed=seed,
+        show_progress=show_progress,
     )
     return dataclasses.replace(info, meta={"sentence": sentence})
 
@@ -237,19 +260,33 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--compare",
+        action="store_true",
+        help=f"also compare every method side by side on the pooled embedding, with the "
+        f"sanity check (the first {COMPARE_N} SST-2 dev sentences; minutes, even for one "
+        "sentence); off by default",
+    )
+    parser.add_argument(
         "--compare-n",
         type=_non_negative,
-        default=8,
-        help="SST-2 dev sentences of the side-by-side comparison on the pooled embedding "
-        "(0: skip it)",
+        default=None,
+        help="SST-2 dev sentences of that comparison (turns it on; 0: skip it). Default: "
+        f"{COMPARE_N} with --compare, else 0",
     )
     parser.add_argument(
         "--llm",
         choices=("full", "small", "none"),
-        default="full",
+        default="small",
         help="the language-model page (OUT/llm/index.html) on the SST-2 GPT-2 of this "
-        "recipe: 'full' trains ~15 min on a 2-core CPU the first time, then is cached; "
-        "'small' ~1 min; 'none' skips it",
+        "recipe: 'small' (default) trains ~1 min the first time, then is cached; 'full' "
+        "~15 min on a 2-core CPU the first time; 'none' skips it",
+    )
+    parser.add_argument(
+        "--full-llm",
+        dest="llm",
+        action="store_const",
+        const="full",
+        help="the same as --llm full: the LLM page on the fully trained GPT-2",
     )
     parser.add_argument("--out", type=Path, default=Path("outputs"))
     return parser
@@ -289,13 +326,16 @@ def _write_explanation(info: LayerInformation, out: Path, sentence: str, seconds
 
 
 def _run_comparison(
-    model: Any, tokenizer: Any, args: argparse.Namespace, corpus_size: int, argv: list[str]
+    model: Any,
+    tokenizer: Any,
+    args: argparse.Namespace,
+    chosen: tuple[list[tuple[str, int | None]], list[str], str, list[str]],
+    argv: list[str],
 ) -> None:
-    """The side-by-side comparison on the pooled embedding, and its one-line summary."""
+    """The side-by-side comparison on the pooled embedding (``chosen``: what
+    :func:`comparison_data` returns), and its one-line summary."""
     start = time.perf_counter()
-    sentences, compare_corpus, data, notes = comparison_data(
-        args.compare_n, corpus_size, args.sentence
-    )
+    sentences, compare_corpus, data, notes = chosen
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     name = f"{args.model or 'all-MiniLM-L6-v2 (packaged)'}, pooled embedding"
@@ -310,24 +350,85 @@ def _run_comparison(
     print(f"wrote {out_dir / 'report.html'} (and results.csv, explanations.jsonl, ... beside it)")
 
 
+def _compare_n(args: argparse.Namespace) -> int:
+    """Sentences of the comparison: ``--compare-n`` when given, else :data:`COMPARE_N`
+    with ``--compare``, else 0 (skipped)."""
+    if args.compare_n is not None:
+        return int(args.compare_n)
+    return COMPARE_N if args.compare else 0
+
+
+class _Steps:
+    """Numbered step lines with each step's seconds, and the job's closing summary."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+        self.start = time.perf_counter()
+
+    @contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        self.done += 1
+        label = f"[{self.done}/{self.total}] {title}"
+        print(f"{label} ...", flush=True)
+        start = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - start
+        print(f"{label}: done in {seconds:.0f} s", flush=True)
+        self.ran.append(f"{title} ({seconds:.0f} s)")
+
+    def skip(self, what: str) -> None:
+        self.skipped.append(what)
+
+    def summary(self) -> str:
+        seconds = time.perf_counter() - self.start
+        lines = [f"main job done in {seconds:.0f} s"]
+        lines += [f"  ran:     {what}" for what in self.ran]
+        lines += [f"  skipped: {what}" for what in self.skipped]
+        return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    compare_n = _compare_n(args)
+    llm_train = data_dir() / "sst2" / "train.tsv"  # the LLM page's GPT-2 is trained on it
+    llm = args.llm != "none" and llm_train.is_file()
+    steps = _Steps(1 + llm + (compare_n > 0))
 
     model, tokenizer = load_encoder(args.model)
     layers = None if args.layers == "all" else [int(t) for t in args.layers.split(",")]
     corpus, corpus_size = _layer_corpus(model, args.corpus_size)
-    start = time.perf_counter()
-    info = explain_all_layers(model, tokenizer, args.sentence, layers, corpus, args.rate, args.seed)
-    seconds = time.perf_counter() - start
-    _write_explanation(info, args.out, args.sentence, seconds)
-    if args.llm != "none":
-        page = llm_page(args.out / "llm", args.llm, seed=args.seed)
-        if page is not None:
+    with steps.step("explanation of the sentence, every layer"):
+        start = time.perf_counter()
+        info = explain_all_layers(
+            model, tokenizer, args.sentence, layers, corpus, args.rate, args.seed, True
+        )
+        seconds = time.perf_counter() - start
+        _write_explanation(info, args.out, args.sentence, seconds)
+    if args.llm == "none":
+        steps.skip("the LLM page (--llm none; --llm small or --full-llm turns it on)")
+    elif not llm:
+        print(f"note: {llm_train} not found: the LLM page needs SST-2 to train its GPT-2")
+        steps.skip(f"the LLM page: {llm_train} not found (set {DATA_ENV_VAR})")
+    else:
+        with steps.step(f"LLM page on the GPT-2 of the {args.llm} recipe"):
+            page = llm_page(args.out / "llm", args.llm, seed=args.seed)
             print(f"wrote {page} (and layers.html, llm.json beside it)")
-    if args.compare_n == 0:
-        return 0
-    _run_comparison(model, tokenizer, args, corpus_size, argv)
+        if args.llm == "small":
+            steps.skip("the full GPT-2 training (--full-llm: ~15 min once, then cached)")
+    if compare_n == 0:
+        steps.skip(
+            "the comparison of the methods and its sanity check (--compare for "
+            f"{COMPARE_N} SST-2 dev sentences, or --compare-n N; minutes)"
+        )
+    else:
+        chosen = comparison_data(compare_n, corpus_size, args.sentence)
+        with steps.step(f"comparison of the methods on {len(chosen[0])} sentence(s)"):
+            _run_comparison(model, tokenizer, args, chosen, argv)
+    print(steps.summary())
     return 0
 
 

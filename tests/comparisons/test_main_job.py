@@ -1,9 +1,12 @@
-"""The main job's side-by-side comparison (``comparisons/main_job.py``), offline and fast.
+"""The main job (``comparisons/main_job.py``), offline; the slow tests run whole parts.
 
 A two-layer, 32-wide BERT encoder built from a config with a fixed seed and a word-level
 tokenizer stand in for the packaged MiniLM; the real job runs in ``bash .ci/main``.
 Covered: which sentences and corpus the comparison takes (with and without SST-2),
-resuming or restarting its run folder, the one-line summary, and the option check.
+resuming or restarting its run folder, the one-line summary, the option check, and the
+opt-in parts: by default the comparison is skipped and the LLM page takes the small
+GPT-2 recipe, ``--compare`` / ``--compare-n`` run the comparison, ``--full-llm`` asks for
+the full recipe, and the closing summary names what was skipped and the flag for it.
 """
 
 from __future__ import annotations
@@ -48,6 +51,15 @@ def encoder(tmp_path_factory: pytest.TempPathFactory) -> TextModel:
         torch.manual_seed(0)
         model = BertModel(config).eval()
     return TextModel(model, BertTokenizer(str(vocab)), "pooled", name="tiny-bert, pooled")
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(encoder: TextModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny encoder saved as a ``--model`` folder."""
+    where = tmp_path_factory.mktemp("model")
+    encoder.model.save_pretrained(str(where))
+    encoder.tokenizer.save_pretrained(str(where))
+    return where
 
 
 def _write_dev(folder: Path, rows: list[tuple[str, int]]) -> None:
@@ -156,15 +168,12 @@ def test_negative_compare_n_is_refused_before_any_work(
     assert "--compare-n: must be >= 0" in capsys.readouterr().err
 
 
-def test_layer_part_writes_every_layer(encoder: TextModel, tmp_path: Path) -> None:
+def test_layer_part_writes_every_layer(encoder_dir: Path, tmp_path: Path) -> None:
     """The paper's analysis of the main job: all layers in one call, saved and drawn."""
     from captum_perturb import LayerInformation
 
-    where = tmp_path / "model"
-    encoder.model.save_pretrained(str(where))
-    encoder.tokenizer.save_pretrained(str(where))
     out = tmp_path / "out"
-    args = ["--model", str(where), "--sentence", SENTENCES[0][0], "--corpus-size", "0"]
+    args = ["--model", str(encoder_dir), "--sentence", SENTENCES[0][0], "--corpus-size", "0"]
     assert main_job.main([*args, "--compare-n", "0", "--llm", "none", "--out", str(out)]) == 0
     info = LayerInformation.load(out / "explanation.json")
     assert info.layers == [0, 1, 2]  # the embedding output and both blocks
@@ -178,6 +187,103 @@ def test_layer_part_writes_every_layer(encoder: TextModel, tmp_path: Path) -> No
     page = (out / "explanation.html").read_text(encoding="utf-8")
     assert all(name in page for name in ("embeddings", "layer 1", "layer 2"))
     assert (out / "explanation.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "compare_n", "llm"),
+    [
+        ([], 0, "small"),
+        (["--compare"], main_job.COMPARE_N, "small"),
+        (["--compare-n", "3"], 3, "small"),
+        (["--compare", "--compare-n", "0"], 0, "small"),
+        (["--full-llm"], 0, "full"),
+        (["--llm", "full"], 0, "full"),
+        (["--llm", "none"], 0, "none"),
+    ],
+)
+def test_optional_parts_are_off_by_default_and_flags_turn_them_on(
+    argv: list[str], compare_n: int, llm: str
+) -> None:
+    args = main_job._parser().parse_args(argv)
+    assert (main_job._compare_n(args), args.llm) == (compare_n, llm)
+
+
+def test_default_run_skips_the_comparison_and_says_how_to_run_it(
+    encoder_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without flags and without SST-2: the explanation only; the summary names the
+    skipped LLM page (no data) and comparison (``--compare``)."""
+    monkeypatch.setenv("CAPTUM_PERTURB_DATA", str(tmp_path / "nowhere"))
+    out = tmp_path / "out"
+    args = ["--model", str(encoder_dir), "--corpus-size", "0", "--layers", "0,1"]
+    assert main_job.main([*args, "--sentence", SENTENCES[0][0], "--out", str(out)]) == 0
+    assert (out / "explanation.json").is_file() and (out / "explanation.png").is_file()
+    assert not (out / "comparison").exists() and not (out / "llm").exists()
+    printed = capsys.readouterr().out
+    assert "[1/1] explanation of the sentence, every layer: done in" in printed
+    summary = printed[printed.index("main job done in") :]
+    assert "ran:     explanation of the sentence, every layer" in summary
+    assert "skipped: the LLM page:" in summary and "CAPTUM_PERTURB_DATA" in summary
+    assert "skipped: the comparison of the methods and its sanity check (--compare" in summary
+
+
+@pytest.mark.slow  # every default method and the sanity check: about a minute or two
+def test_compare_n_runs_the_comparison_with_its_sanity_check(
+    encoder_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--compare-n 1`` (``--compare`` takes :data:`~comparisons.main_job.COMPARE_N`):
+    every default method on the first dev sentence, with Captum's metrics and the sanity
+    check; without ``train.tsv`` the LLM page is still skipped."""
+    data = tmp_path / "data"
+    _write_dev(data, [*SENTENCES, *((s, 0) for s in CORPUS)])
+    monkeypatch.setenv("CAPTUM_PERTURB_DATA", str(data))
+    out = tmp_path / "out"
+    args = ["--model", str(encoder_dir), "--corpus-size", "3", "--layers", "0,1"]
+    assert main_job.main([*args, "--compare-n", "1", "--out", str(out)]) == 0
+    store = RunStore(out / "comparison")
+    rows = store.results()
+    assert {r["example"] for r in rows} == {"dev-0000"}
+    shifts = {r["method"] for r in rows if r["metric"] == "state_shift/delete"}
+    assert {m for m in shifts if "|" not in m} == set(main_job.DEFAULT_METHODS)
+    assert {r["example"] for r in store.sanity()} == {"dev-0000"}
+    assert (out / "comparison" / "report.html").is_file()
+    printed = capsys.readouterr().out
+    assert "[2/2] comparison of the methods on 1 sentence(s): done in" in printed
+    summary = printed[printed.index("main job done in") :]
+    assert "ran:     comparison of the methods on 1 sentence(s)" in summary
+    assert "skipped: the comparison" not in summary
+    assert "skipped: the LLM page:" in summary
+
+
+@pytest.mark.slow
+def test_default_llm_page_takes_the_small_recipe(
+    encoder_dir: Path,
+    sst2_small_lm: Path,
+    sst2_train_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With SST-2 and no flags: the LLM page on the cached GPT-2 of the small recipe (the
+    fixture trains it once), and the summary says ``--full-llm`` was not asked for."""
+    monkeypatch.setenv("CAPTUM_PERTURB_DATA", str(sst2_train_path.parent.parent))
+    out = tmp_path / "out"
+    args = ["--model", str(encoder_dir), "--corpus-size", "0", "--layers", "0"]
+    assert main_job.main([*args, "--out", str(out)]) == 0
+    assert (out / "llm" / "index.html").is_file() and (out / "llm" / "llm.json").is_file()
+    assert sst2_small_lm.name in (out / "llm" / "llm.json").read_text(encoding="utf-8")
+    assert not (out / "comparison").exists()
+    printed = capsys.readouterr().out
+    assert "[2/2] LLM page on the GPT-2 of the small recipe: done in" in printed
+    summary = printed[printed.index("main job done in") :]
+    assert "skipped: the full GPT-2 training (--full-llm" in summary
+    assert "skipped: the comparison of the methods and its sanity check" in summary
 
 
 @pytest.mark.slow
