@@ -145,6 +145,21 @@ def test_a_pipeline_is_its_model_and_tokenizer() -> None:
     assert all(torch.equal(x, y) for x, y in zip(direct.scores, piped.scores, strict=True))
 
 
+@pytest.mark.parametrize(
+    ("task", "kind"), [("feature-extraction", "encoder"), ("text-generation", "causal_lm")]
+)
+def test_pipelines_of_the_other_kinds(task: str, kind: str) -> None:
+    """An encoder's and a causal LM's pipeline: the same explanation as their model."""
+    if kind == "encoder":
+        model, tok, text, target = _encoder(), word_tokenizer(WORDS), TEXTS[1], None
+    else:
+        model, tok, text, target = causal_lm("gpt2"), llm_tokenizer(), "the film is a", " ride"
+    pipe = transformers.pipeline(task, model=model, tokenizer=tok)
+    direct = _quiet(explain, model, tok, text, target=target, config=QUICK, seed=6)
+    piped = _quiet(explain, pipe, text, target=target, config=QUICK, seed=6)
+    assert piped.kind == kind and torch.equal(direct.scores[0], piped.scores[0])
+
+
 def test_causal_lm_words_are_template_segments() -> None:
     tok, model = llm_tokenizer(), causal_lm("gpt2")
     before = model_snapshot(model)
