@@ -34,7 +34,9 @@ class Explanation:
         texts: the texts explained.
         words: per text, its words (special tokens are not words).
         scores: per text, ``(W,)`` nats per word (``(L, W)`` for ``"layers"``).
-        std_errors: the same shape, standard errors of ``scores``.
+        std_errors: the same shape, standard errors of ``scores`` (for ``"layers"``, where
+            a word's score is the sum of its tokens' nats, their standard errors combined
+            in quadrature: approximate, as the tokens' estimates share draws).
         targets: per text, what was explained (a label, an answer, a hidden state).
         converged: per text, whether every estimate met the stopping rule.
         saturated: per text, like ``scores``, True where the word's σ sits at the bound
