@@ -30,13 +30,12 @@ def _check_isolated() -> str:
 
     where = Path(captum_perturb.__file__).resolve()
     repo = HERE.parent
-    if repo in where.parents:
-        raise SystemExit(
-            f"captum_perturb was imported from the repository ({where}), not the wheel"
-        )
-    others = [p for p in sys.path if p and Path(p).resolve() in (repo, *repo.parents[:0])]
-    if others:
-        raise SystemExit(f"the repository is on sys.path: {others}")
+    if (repo / "captum_perturb") in where.parents or Path(
+        sys.prefix
+    ).resolve() not in where.parents:
+        raise SystemExit(f"captum_perturb came from {where}, not the wheel in {sys.prefix}")
+    if any(p and Path(p).resolve() == repo for p in sys.path):
+        raise SystemExit(f"the repository {repo} is on sys.path")
     return str(where)
 
 
