@@ -33,10 +33,12 @@ from captum_perturb.functional.problem import AT_BOUND
 from captum_perturb.hf.explanation import Explanation
 from captum_perturb.hf.models import (
     HFModel,
+    call_model,
     check_lengths,
     check_vocabulary,
     is_pipeline,
     resolve,
+    side_args,
 )
 from captum_perturb.hf.signed import signed_reading
 from captum_perturb.hf.state_std import (
@@ -186,35 +188,28 @@ def _encode(hf: HFModel, texts: list[str]) -> tuple[dict[str, Tensor], Words]:
     return tensors, words
 
 
-def _side_args(enc: dict[str, Tensor]) -> tuple[Tensor, ...]:
-    """The model's side inputs after ``input_ids``: the mask, and token types if any."""
-    return (enc["attention_mask"], *([enc["token_type_ids"]] if "token_type_ids" in enc else []))
-
-
-def _call(model: Any, ids: Tensor, mask: Tensor, *types: Tensor) -> Any:
-    kwargs = {"token_type_ids": types[0]} if types else {}
-    return model(input_ids=ids, attention_mask=mask, **kwargs)
-
-
-def _per_word(result: Any, n_words: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``(B, W)`` nats per word, their standard errors and whether the word sits at σ_max,
-    from a Captum class's result whose groups are words (``group_ids`` = the word index)."""
+def _per_word(result: Any, words: Words) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """Per text, ``(W,)`` nats per word, their standard errors and whether the word sits at
+    σ_max, from a Captum class's result whose groups are words (``group_ids`` = the word
+    index)."""
     from captum_perturb.functional.diagnostics import score_of
 
     est = result.estimate
     size = est.group_size.float()
-    nats = (score_of(est, result.score).nan_to_num(0.0) * size).float().cpu()
-    se = (result.std_error.nan_to_num(0.0) * size).float().cpu()
     table = result.group_ids.cpu()
-    out = torch.zeros(table.shape[0], n_words)
-    out_se = torch.zeros(table.shape[0], n_words)
     valid = table >= 0
     rows = valid.nonzero()[:, 0]
-    out[rows, table[valid]] = nats[valid]
-    out_se[rows, table[valid]] = se[valid]
-    bound = torch.zeros(table.shape[0], n_words, dtype=torch.bool)
-    bound[rows, table[valid]] = result.saturated.cpu()[valid]
-    return out, out_se, bound
+    per_group = {
+        "nats": (score_of(est, result.score).nan_to_num(0.0) * size).float().cpu(),
+        "se": (result.std_error.nan_to_num(0.0) * size).float().cpu(),
+        "bound": result.saturated.cpu(),
+    }
+    out = []
+    for values in per_group.values():
+        grid = torch.zeros(table.shape[0], max(len(w) for w in words.words), dtype=values.dtype)
+        grid[rows, table[valid]] = values[valid]
+        out.append([grid[i, : len(w)] for i, w in enumerate(words.words)])
+    return out[0], out[1], out[2]
 
 
 def _explain_quietly(run: Any) -> Any:
@@ -238,22 +233,22 @@ def _classifier(
     how: _How,
 ) -> Explanation:
     enc, words = _encode(hf, texts)
-    side = _side_args(enc)
+    side = side_args(enc)
     with torch.no_grad():
-        logits = _call(hf.model, enc["input_ids"], *side).logits.float()
+        logits = call_model(hf.model, enc["input_ids"], *side).logits.float()
     targets = _class_targets(hf, target, logits)
     scale, normaliser = classifier_logit_std(hf, how.corpus, how.cache_dir)
 
     def forward(ids: Tensor, *args: Tensor) -> Tensor:
         # the logits in units of their spread over the corpus: σ_S folded into the state,
         # so that every text's own target class is on its own class's scale
-        out = _call(hf.model, ids, *args).logits
+        out = call_model(hf.model, ids, *args).logits
         return out / scale.to(out) if scale is not None else out
 
     state_std = None if scale is None else torch.ones(())
     result = _explain_words(hf, forward, enc, words, targets, state_std, how)
     _warn_fallback(normaliser)
-    nats, se, bound = _per_word(result, max(len(w) for w in words.words))
+    nats, se, bound = _per_word(result, words)
     direction = signed_reading(hf, enc, words, targets, how.opts.sigma_max, how.opts.seed)
     probs = logits.softmax(-1)[torch.arange(len(texts)), torch.tensor(targets)].tolist()
     labels = _label_names(hf)
@@ -261,9 +256,9 @@ def _classifier(
         kind="classifier",
         texts=texts,
         words=words.words,
-        scores=[nats[i, : len(w)] for i, w in enumerate(words.words)],
-        std_errors=[se[i, : len(w)] for i, w in enumerate(words.words)],
-        saturated=[bound[i, : len(w)] for i, w in enumerate(words.words)],
+        scores=nats,
+        std_errors=se,
+        saturated=bound,
         targets=[labels[t] for t in targets],
         converged=result.converged.cpu().tolist(),
         direction=[direction[i, : len(w)] for i, w in enumerate(words.words)],
@@ -294,7 +289,7 @@ def _explain_words(
             attr.explain,
             enc["input_ids"],
             target,
-            _side_args(enc),
+            side_args(enc),
             words.groups.clamp_min(0).unsqueeze(-1).to(perturbed.device),
             attention_mask=perturbed.long(),
             internal_batch_size=how.internal_batch_size,
@@ -429,18 +424,18 @@ def _encoder(
     std, normaliser = encoder_state_std(hf, how.corpus, how.cache_dir)
 
     def forward(ids: Tensor, *args: Tensor) -> Tensor:
-        return _call(hf.model, ids, *args).last_hidden_state
+        return call_model(hf.model, ids, *args).last_hidden_state
 
     result = _explain_words(hf, forward, enc, words, None, std, how)
     _warn_fallback(normaliser)
-    nats, se, bound = _per_word(result, max(len(w) for w in words.words))
+    nats, se, bound = _per_word(result, words)
     return Explanation(
         kind="encoder",
         texts=texts,
         words=words.words,
-        scores=[nats[i, : len(w)] for i, w in enumerate(words.words)],
-        std_errors=[se[i, : len(w)] for i, w in enumerate(words.words)],
-        saturated=[bound[i, : len(w)] for i, w in enumerate(words.words)],
+        scores=nats,
+        std_errors=se,
+        saturated=bound,
         targets=["the last hidden state"] * len(texts),
         converged=result.converged.cpu().tolist(),
         normaliser=normaliser,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from torch import nn
+from torch import Tensor, nn
 
 Kind = Literal["classifier", "causal_lm", "encoder"]
 
@@ -136,3 +136,14 @@ def check_lengths(hf: HFModel, lengths: Sequence[int], extra: int = 0) -> None:
                 f"text {i} is {n} tokens{f' (+{extra} of the answer)' if extra else ''}, "
                 f"longer than the model's context of {limit}: shorten it or split it"
             )
+
+
+def side_args(enc: dict[str, Tensor]) -> tuple[Tensor, ...]:
+    """The model's side inputs after ``input_ids``: the mask, and token types if any."""
+    return (enc["attention_mask"], *([enc["token_type_ids"]] if "token_type_ids" in enc else []))
+
+
+def call_model(model: Any, ids: Tensor, mask: Tensor, *types: Tensor) -> Any:
+    """``model(input_ids, attention_mask[, token_type_ids])``, the order of :func:`side_args`."""
+    kwargs = {"token_type_ids": types[0]} if types else {}
+    return model(input_ids=ids, attention_mask=mask, **kwargs)

@@ -7,14 +7,13 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from captum_perturb._utils.fingerprint import cache_key
 from captum_perturb._utils.io import atomic_write
-from captum_perturb.hf.models import HFModel
+from captum_perturb.hf.models import HFModel, call_model, side_args
 
 #: what a user reads when no corpus was given and nothing is packaged for the model
 FALLBACK_NOTE = (
@@ -67,15 +66,6 @@ def _corpus_encoding(hf: HFModel, corpus: list[str]) -> dict[str, Tensor]:
     return {k: v.to(device) for k, v in enc.items() if isinstance(v, Tensor)}
 
 
-def _side(enc: dict[str, Tensor]) -> tuple[Tensor, ...]:
-    return (enc["attention_mask"], *([enc["token_type_ids"]] if "token_type_ids" in enc else []))
-
-
-def _call(model: Any, ids: Tensor, mask: Tensor, *types: Tensor) -> Any:
-    kwargs = {"token_type_ids": types[0]} if types else {}
-    return model(input_ids=ids, attention_mask=mask, **kwargs)
-
-
 def classifier_logit_std(
     hf: HFModel, corpus: list[str] | None, cache_dir: str | Path | None
 ) -> tuple[Tensor | None, str]:
@@ -87,7 +77,9 @@ def classifier_logit_std(
     def compute() -> Tensor:
         enc = _corpus_encoding(hf, corpus)
         return estimate_state_std(
-            lambda ids, *args: _call(hf.model, ids, *args).logits, enc["input_ids"], _side(enc)
+            lambda ids, *args: call_model(hf.model, ids, *args).logits,
+            enc["input_ids"],
+            side_args(enc),
         )
 
     return cached(hf, "logits", corpus, cache_dir, compute), CORPUS
@@ -105,9 +97,9 @@ def encoder_state_std(
             enc = _corpus_encoding(hf, corpus)
             words = enc["attention_mask"] * (1 - enc["special_tokens_mask"])
             return estimate_state_std(
-                lambda ids, *args: _call(hf.model, ids, *args).last_hidden_state,
+                lambda ids, *args: call_model(hf.model, ids, *args).last_hidden_state,
                 enc["input_ids"],
-                _side(enc),
+                side_args(enc),
                 attention_mask=words,
             )
 
